@@ -1,0 +1,248 @@
+"""`orch`: validate, plan and run recipes; inspect runs.
+
+Imports stay light at the top: `orch validate` and `orch plan` never import torch, ray or
+transformers and answer in well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
+                  help="orch: declarative training pipelines for RAG systems, on Ray.")
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_INVALID = 2
+
+ProfileOpt = typer.Option(None, "--profile", "-p", help="Apply a profile defined in the recipe's `profiles:`.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a value: a.b.c=value (repeatable; YAML values).")
+StorageOpt = typer.Option(None, "--storage", help="Run store root (default: the recipe's `storage:`, else runs/).")
+
+
+def _load(recipe: Path, profile: Optional[str], sets: Optional[list[str]]):
+    from .recipe.errors import RecipeError
+    from .recipe.validate import load_and_validate
+
+    try:
+        return load_and_validate(recipe, profile, list(sets or []))
+    except RecipeError as exc:
+        err_console.print(exc.format(), markup=False)
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _store(storage: Optional[str], recipe=None):
+    from .store import Store
+
+    root = storage or (recipe.spec.storage if recipe is not None else "runs/")
+    try:
+        return Store.at(root)
+    except ValueError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(EXIT_INVALID)
+
+
+def _plan(recipe, store, force=None, only=None):
+    from .plan import make_plan
+
+    try:
+        return make_plan(recipe, store, force=list(force or []), only=list(only or []))
+    except KeyError as exc:
+        err_console.print(f"error: {exc.args[0]}")
+        raise typer.Exit(EXIT_INVALID)
+
+
+@app.command()
+def validate(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+             profile: Optional[str] = ProfileOpt, set_: Optional[list[str]] = SetOpt) -> None:
+    """Check a recipe: schema, params of every component, graph, data files. Exit 2 on errors."""
+    r = _load(recipe, profile, set_)
+    n = len(r.graph.nodes)
+    console.print(f"{recipe}: ok ({n} node{'s' if n != 1 else ''}, {len(r.graph.layers())} layers)")
+
+
+@app.command()
+def plan(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+         profile: Optional[str] = ProfileOpt, set_: Optional[list[str]] = SetOpt,
+         storage: Optional[str] = StorageOpt,
+         force: Optional[list[str]] = typer.Option(None, "--force", help="Plan NODE (and its descendants) to re-run."),
+         only: Optional[list[str]] = typer.Option(None, "--only", help="Plan only NODE and what it needs."),
+         as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON.")) -> None:
+    """Show the graph in layers: each node cached or to run, and why."""
+    r = _load(recipe, profile, set_)
+    p = _plan(r, _store(storage, r), force, only)
+    if as_json:
+        console.print_json(json.dumps(p.to_json()))
+        return
+    from .report_cli import print_plan
+
+    print_plan(console, p)
+
+
+@app.command()
+def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
+        profile: Optional[str] = ProfileOpt, set_: Optional[list[str]] = SetOpt,
+        storage: Optional[str] = StorageOpt,
+        address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)."),
+        only: Optional[list[str]] = typer.Option(None, "--only", help="Run only NODE and the nodes it needs (repeatable)."),
+        force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run NODE and its descendants even if cached (repeatable).")) -> None:
+    """Validate, plan and run a recipe on Ray. Completed nodes are reused; a re-run resumes."""
+    from .execute.progress import RunView
+    from .execute.scheduler import Scheduler
+    from .report_cli import print_run_summary
+
+    started = time.time()
+    r = _load(recipe, profile, set_)
+    store = _store(storage, r)
+    p = _plan(r, store, force, only)
+    run_id, run_dir = store.new_run(r.name)
+    _write_run_files(r, p, run_dir)
+    to_run = p.to_run
+    console.print(f"run {r.name}/{run_id}: {len(to_run)} to run, "
+                  f"{sum(1 for n in p.nodes.values() if n.action == 'cached')} cached  ({run_dir})")
+    order = [n for layer in p.layers for n in layer]
+    sched = Scheduler(p, store, run_id, run_dir, console, address=address)
+    with RunView(console, order, {n: p.nodes[n].kind for n in order}) as view:
+        result = sched.run(view)
+    resume = "orch run " + " ".join(shlex.quote(a) for a in _resume_args(recipe, profile, set_, storage, address))
+    print_run_summary(console, p, result, time.time() - started, resume)
+    if result.interrupted:
+        raise typer.Exit(130)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def _resume_args(recipe, profile, sets, storage, address) -> list[str]:
+    args = [str(recipe)]
+    if profile:
+        args += ["--profile", profile]
+    for s in sets or []:
+        args += ["--set", s]
+    if storage:
+        args += ["--storage", storage]
+    if address:
+        args += ["--address", address]
+    return args
+
+
+def _write_run_files(r, p, run_dir: Path) -> None:
+    from ruamel.yaml import YAML
+
+    from .store import write_json_atomic
+
+    y = YAML(typ="safe")
+    y.default_flow_style = False
+    with open(run_dir / "recipe.resolved.yaml", "w", encoding="utf-8") as fh:
+        fh.write(f"# {r.loaded.file}" + (f" --profile {r.loaded.profile}" if r.loaded.profile else "")
+                 + "".join(f" --set {s}" for s in r.loaded.overrides) + "\n")
+        y.dump(r.loaded.data, fh)
+    write_json_atomic(run_dir / "plan.json", p.to_json())
+
+
+@app.command("ls")
+def list_runs(storage: str = typer.Option("runs/", "--storage", help="Run store root."),
+              limit: int = typer.Option(20, "--limit", "-n", help="Show the N most recent runs.")) -> None:
+    """List runs, most recent last."""
+    from .report_cli import print_runs
+
+    print_runs(console, _store(storage), limit)
+
+
+@app.command()
+def status(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="Run id, recipe/run-id, or recipe name (latest)."),
+           storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+    """Node states of a run (the latest by default)."""
+    from .report_cli import print_status
+
+    print_status(console, _find_run(storage, run_ref))
+
+
+@app.command()
+def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe/run-id, or recipe name (latest)."),
+         node: Optional[str] = typer.Argument(None, help="A node of the run: its metrics, artifacts and paths."),
+         storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+    """Metrics, artifacts and paths of a run or of one of its nodes."""
+    from .report_cli import print_node, print_show
+
+    run_dir = _find_run(storage, run_ref)
+    if node:
+        print_node(console, run_dir, node)
+    else:
+        print_show(console, run_dir)
+
+
+@app.command()
+def tensorboard(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="Run (latest by default)."),
+                storage: str = typer.Option("runs/", "--storage", help="Run store root."),
+                port: int = typer.Option(6006, "--port"), host: str = typer.Option("127.0.0.1", "--host"),
+                dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of starting it.")) -> None:
+    """Serve the run's TensorBoard logs (every node, every trial) and print the URL."""
+    import subprocess
+
+    from .store import read_json
+
+    run_dir = _find_run(storage, run_ref)
+    status_ = read_json(run_dir / "status.json", {})
+    specs = []
+    for name, n in (status_.get("nodes") or {}).items():
+        tb = Path(n["log"]).parent / "tensorboard"
+        if tb.is_dir():
+            specs.append(f"{name}:{tb}")
+    if not specs:
+        err_console.print(f"no TensorBoard logs in run {run_dir.name} (only training and evaluation nodes write them)")
+        raise typer.Exit(1)
+    cmd = [sys.executable, "-m", "tensorboard.main", "--logdir_spec", ",".join(specs), "--host", host, "--port", str(port)]
+    console.print(f"TensorBoard for {run_dir.parent.name}/{run_dir.name}: http://{host}:{port}/")
+    if dry_run:
+        console.print(" ".join(shlex.quote(c) for c in cmd))
+        return
+    try:
+        subprocess.run(cmd, check=False)
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="Write to FILE instead of stdout.")) -> None:
+    """Write the JSON Schema of recipes (for editor completion, e.g. yaml-language-server)."""
+    from .recipe.json_schema import recipe_json_schema
+
+    text = json.dumps(recipe_json_schema(), indent=2, ensure_ascii=False)
+    if output:
+        output.write_text(text + "\n", encoding="utf-8")
+        console.print(f"wrote {output}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def components() -> None:
+    """List the component kinds this installation knows, with their inputs and outputs."""
+    from .report_cli import print_components
+
+    print_components(console)
+
+
+def _find_run(storage: str, ref: Optional[str]) -> Path:
+    store = _store(storage)
+    try:
+        return store.find_run(ref)
+    except LookupError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(1)
+
+
+def main() -> None:  # pragma: no cover - console script entry
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,1 @@
+"""Recipes: loading with positions, validation into a graph, diagnostics, sweep specs."""
