@@ -18,8 +18,8 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="orch: declarative training pipelines for RAG systems, on Ray.")
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, soft_wrap=True)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 EXIT_INVALID = 2
 
@@ -35,7 +35,7 @@ def _load(recipe: Path, profile: Optional[str], sets: Optional[list[str]]):
     try:
         return load_and_validate(recipe, profile, list(sets or []))
     except RecipeError as exc:
-        err_console.print(exc.format(), markup=False)
+        err_console.print(exc.format(), markup=False, soft_wrap=True)
         raise typer.Exit(EXIT_INVALID)
 
 

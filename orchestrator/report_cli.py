@@ -9,6 +9,7 @@ from typing import Any
 
 from rich.table import Table
 
+from .execute.progress import escape, styled
 from .store import read_json
 
 ACTION_STYLE = {"cached": "dim green", "run": "bold yellow", "skip": "dim"}
@@ -28,13 +29,13 @@ def print_plan(console, plan) -> None:
             where = (f"{res.workers}x(cpu {res.cpus_per_worker:g}, gpu {res.gpus_per_worker:g})" if node.is_training
                      else f"cpu {res.cpus:g}, gpu {res.gpus:g}")
             label = {"run": "to run", "cached": "cached", "skip": "skip"}[p.action]
-            why = "" if p.action == "cached" else f": {p.reason}"
+            why = "" if p.action == "cached" else f": {escape(p.reason)}"
             console.print(f"  [{ACTION_STYLE[p.action]}]{label:7}[/] {name} [dim]({p.kind}, {where}"
                           + (", sweep" if node.sweep is not None else "") + f", key {p.key[:12]})[/]{why}")
             if ins:
-                console.print(f"           [dim]inputs: {ins}[/]")
+                console.print(f"           [dim]inputs: {escape(ins)}[/]")
             if p.estimate:
-                console.print("           [dim]estimate: " + _format_estimate(p.estimate) + "[/]")
+                console.print("           [dim]estimate: " + escape(_format_estimate(p.estimate)) + "[/]")
     n_run = len(plan.to_run)
     n_cached = sum(1 for n in plan.nodes.values() if n.action == "cached")
     console.print(f"{n_run} to run, {n_cached} cached")
@@ -58,17 +59,17 @@ def print_run_summary(console, plan, result, elapsed: float, resume_cmd: str) ->
             took = f"{o.ended - o.started:.1f}s" if o and o.started and o.ended else ""
             note = (o.error or "") if o else ""
             style = {"done": "green", "cached": "dim green", "failed": "bold red", "skipped": "magenta"}.get(state, "")
-            table.add_row(name, plan.nodes[name].kind, f"[{style}]{state}[/]", took, note[:100])
+            table.add_row(name, plan.nodes[name].kind, styled(state, style), took, escape(note[:100]))
     console.print(table)
     failed = [n for n, o in result.outcomes.items() if o.state == "failed"]
     for name in failed:
         o = result.outcomes[name]
-        console.print(f"[bold red]failed[/] {name}: {o.error}\n  log: {o.log}")
+        console.print(f"[bold red]failed[/] {escape(name)}: {escape(o.error or '')}\n  log: {escape(str(o.log))}")
     if failed or result.interrupted:
-        console.print(f"fix the cause, then resume (finished nodes are reused):\n  {resume_cmd}")
+        console.print(f"fix the cause, then resume (finished nodes are reused):\n  {escape(resume_cmd)}")
     verdict = "interrupted" if result.interrupted else ("ok" if result.ok else "failed")
     console.print(f"{verdict} in {elapsed:.1f}s — run folder {result.run_dir}"
-                  + ("" if result.started_ray or not result.ok else " (everything cached; Ray not started)"))
+                  + ("" if plan.to_run else " (everything cached; Ray not started)"))
 
 
 def print_runs(console, store, limit: int) -> None:
@@ -99,7 +100,7 @@ def print_status(console, run_dir: Path) -> None:
         table.add_column(col)
     for name, n in (st.get("nodes") or {}).items():
         took = f"{n['ended'] - n['started']:.1f}s" if n.get("started") and n.get("ended") else ""
-        table.add_row(name, n.get("kind", ""), n.get("state", ""), took, n.get("error") or n.get("reason") or "")
+        table.add_row(name, n.get("kind", ""), n.get("state", ""), took, escape(n.get("error") or n.get("reason") or ""))
     console.print(table)
 
 

@@ -108,7 +108,9 @@ class Store:
 
     # -- runs -------------------------------------------------------------------------------
     def new_run(self, recipe: str) -> tuple[str, Path]:
-        run_id = time.strftime("%Y%m%d-%H%M%S") + "-" + secrets.token_hex(2)
+        now = time.time()
+        # Sortable by time to the millisecond, plus a short random tail against collisions.
+        run_id = time.strftime("%Y%m%d-%H%M%S", time.localtime(now)) + f"-{int(now * 1000) % 1000:03d}{secrets.token_hex(1)}"
         run_dir = self.root / recipe / run_id
         run_dir.mkdir(parents=True)
         return run_id, run_dir

@@ -68,7 +68,7 @@ class RunView:
             if node in self.started and node in self.ended:
                 took = f" in {self.ended[node] - self.started[node]:.1f}s"
             self.console.print(f"[{time.strftime('%H:%M:%S')}] {node} ({self.kinds.get(node, '')}): {state}{took}"
-                               + (f" — {note}" if note else ""), highlight=False, soft_wrap=True)
+                               + (f" — {note}" if note else ""), highlight=False, soft_wrap=True, markup=False)
         self.refresh()
 
     def update_progress(self, snapshot: dict[str, dict[str, Any]]) -> None:
@@ -91,9 +91,22 @@ class RunView:
             elapsed = ""
             if node in self.started:
                 elapsed = f"{self.ended.get(node, now) - self.started[node]:.0f}s"
-            table.add_row(node, self.kinds.get(node, ""), f"[{STATE_STYLE.get(state, '')}]{state}[/]", elapsed,
-                          _describe(self.progress.get(node, {})) if state == "running" else "")
+            table.add_row(node, self.kinds.get(node, ""), styled(state, STATE_STYLE.get(state, "")), elapsed,
+                          escape(_describe(self.progress.get(node, {}))) if state == "running" else "")
         return table
+
+
+def styled(text: str, style: str) -> str:
+    """Rich markup for ``text`` in ``style`` (escaped; no empty tags)."""
+    from rich.markup import escape
+
+    return f"[{style}]{escape(text)}[/]" if style else escape(text)
+
+
+def escape(text: str) -> str:
+    from rich.markup import escape as _escape
+
+    return _escape(text)
 
 
 def _describe(p: dict[str, Any]) -> str:

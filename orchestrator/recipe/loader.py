@@ -130,6 +130,8 @@ def parse_yaml_text(text: str, file: str) -> tuple[Any, Positions]:
 
 def parse_scalar(text: str) -> Any:
     """Parse an override's value as YAML (``3e-5`` -> float, ``[1,5]`` -> list, ``true`` -> bool)."""
+    if text.lstrip().startswith(("!", "&", "*", "%", "@", "`")):
+        return text  # YAML tags/anchors/reserved: a user writing --set x=!! means the string
     try:
         value, _ = parse_yaml_text(text, "<override>")
     except RecipeError:
