@@ -224,6 +224,20 @@ def schema(output: Optional[Path] = typer.Option(None, "--output", "-o", help="W
 
 
 @app.command()
+def reference(write: Optional[Path] = typer.Option(None, "--write", help="Update the reference section of this README.")) -> None:
+    """Print (or write into the README) the reference of every component's parameters."""
+    from .reference import render_reference, update_readme
+    from .registry import load_registry
+
+    text = render_reference(load_registry())
+    if write:
+        write.write_text(update_readme(write.read_text(encoding="utf-8"), text), encoding="utf-8")
+        console.print(f"updated {write}")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
 def components() -> None:
     """List the component kinds this installation knows, with their inputs and outputs."""
     from .report_cli import print_components

@@ -110,7 +110,7 @@ def _validate_top(loaded: LoadedRecipe, diags: list[Diagnostic]) -> RecipeSpec |
 
 def _pydantic_diag(loaded: LoadedRecipe, model: type[BaseModel], base: tuple, loc: tuple, err: dict) -> Diagnostic:
     path = base + loc
-    message = err["msg"]
+    message = err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, ")
     if err["type"] == "extra_forbidden":
         known = fields_at(model, loc[:-1]) or set()
         message = f"unknown key '{loc[-1]}'{did_you_mean(str(loc[-1]), known)}"
