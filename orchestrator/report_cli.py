@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from .execute.progress import escape, styled
-from .store import read_json
+from .store import Store, read_json
 
 ACTION_STYLE = {"cached": "dim green", "run": "bold yellow", "skip": "dim"}
 
@@ -61,6 +61,11 @@ def print_run_summary(console, plan, result, elapsed: float, resume_cmd: str) ->
             style = {"done": "green", "cached": "dim green", "failed": "bold red", "skipped": "magenta"}.get(state, "")
             table.add_row(name, plan.nodes[name].kind, styled(state, style), took, escape(note[:100]))
     console.print(table)
+    for name in plan.to_run:
+        o = result.outcomes.get(name)
+        if o and o.state == "done":
+            p = plan.nodes[name]
+            print_sweep(console, name, Store(result.run_dir.parent.parent).entry_dir(p.kind, p.key))
     failed = [n for n, o in result.outcomes.items() if o.state == "failed"]
     for name in failed:
         o = result.outcomes[name]
@@ -70,6 +75,23 @@ def print_run_summary(console, plan, result, elapsed: float, resume_cmd: str) ->
     verdict = "interrupted" if result.interrupted else ("ok" if result.ok else "failed")
     console.print(f"{verdict} in {elapsed:.1f}s — run folder {result.run_dir}"
                   + ("" if plan.to_run else " (everything cached; Ray not started)"))
+
+
+def print_sweep(console, name: str, entry: Path) -> None:
+    """The trial table of a swept node (trial, params, metric, iterations, stopped early?)."""
+    sweep = read_json(entry / "sweep.json")
+    if not sweep:
+        return
+    table = Table(title=f"sweep {name}: {sweep['metric']} ({sweep['mode']})", box=None, header_style="bold")
+    for col in ("trial", sweep["metric"], "iters", "state", "params"):
+        table.add_column(col)
+    for t in sweep["trials"]:
+        state = "finished" if t["finished"] else ("stopped early" if t["stopped_early"] else ("error" if t["error"] else "-"))
+        best = t["trial"] == sweep["best"]["trial"]
+        metric = "-" if t["metric"] is None else f"{t['metric']:.4f}"
+        table.add_row(styled(t["trial"] + (" *" if best else ""), "bold green" if best else ""), metric,
+                      str(t["iterations"]), state, escape(json.dumps(t["params"], ensure_ascii=False)))
+    console.print(table)
 
 
 def print_runs(console, store, limit: int) -> None:
@@ -145,6 +167,7 @@ def print_node(console, run_dir: Path, node: str) -> None:
         for name, out in manifest.get("outputs", {}).items():
             console.print(f"  output {name} ({out['kind']}): {entry / out['path']}")
         console.print(f"  took {manifest.get('duration_s', 0):.1f}s")
+    print_sweep(console, node, entry)
     summary = read_json(entry / "metrics.json", {}) or {}
     if summary:
         console.print("  metrics:")
