@@ -193,9 +193,11 @@ def tensorboard(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", h
     status_ = read_json(run_dir / "status.json", {})
     specs = []
     for name, n in (status_.get("nodes") or {}).items():
-        tb = Path(n["log"]).parent / "tensorboard"
-        if tb.is_dir():
-            specs.append(f"{name}:{tb}")
+        entry = Path(n["log"]).parent
+        if (entry / "tensorboard").is_dir():
+            specs.append(f"{name}:{entry / 'tensorboard'}")
+        for trial_tb in sorted(entry.glob("trials/*/tensorboard")):  # a sweep's trials, one run each
+            specs.append(f"{name}/{trial_tb.parent.name}:{trial_tb}")
     if not specs:
         err_console.print(f"no TensorBoard logs in run {run_dir.name} (only training and evaluation nodes write them)")
         raise typer.Exit(1)

@@ -41,6 +41,10 @@ def test_cold_then_cached_run_in_a_fresh_process(tmp_path):
     assert code == 0, out
     assert "everything cached; Ray not started" in out
     assert wall < 3.0, f"a fully cached run took {wall:.2f}s"
+    # `--set storage=PATH` moves the run store.
+    code, out, _ = orch("run", str(recipe), "--set", f"storage={tmp_path / 'elsewhere'}", cwd=tmp_path)
+    assert code == 0, out
+    assert (tmp_path / "elsewhere" / "cli").is_dir() and "1 to run" in out
 
 
 def test_invalid_recipe_exits_2_and_runs_nothing(tmp_path):

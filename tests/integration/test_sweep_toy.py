@@ -52,3 +52,5 @@ def test_asha_sweep_picks_the_best_and_stops_some(orch, write_recipe, tmp_path):
     assert (entry / "tensorboard" / "hparams").is_dir()
     code, out = orch("show", "sweep", "fit")
     assert "sweep/best_trial" in out and "stopped early" in out, out
+    code, out = orch("tensorboard", "--dry-run")
+    assert "fit/trial_" in out and "hparams" not in out.split("--logdir_spec")[0], out
