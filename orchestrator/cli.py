@@ -110,8 +110,14 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
                   f"{sum(1 for n in p.nodes.values() if n.action == 'cached')} cached  ({run_dir})")
     order = [n for layer in p.layers for n in layer]
     sched = Scheduler(p, store, run_id, run_dir, console, address=address)
-    with RunView(console, order, {n: p.nodes[n].kind for n in order}) as view:
-        result = sched.run(view)
+    from .execute.scheduler import StorageNotShared
+
+    try:
+        with RunView(console, order, {n: p.nodes[n].kind for n in order}) as view:
+            result = sched.run(view)
+    except StorageNotShared as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(EXIT_INVALID)
     resume = "orch run " + " ".join(shlex.quote(a) for a in _resume_args(recipe, profile, set_, storage, address))
     print_run_summary(console, p, result, time.time() - started, resume)
     if result.interrupted:

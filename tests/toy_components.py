@@ -89,6 +89,10 @@ def toy_train(params: TrainParams, inputs, ctx) -> None:
     if params.marker_dir and ctx.world_rank == 0:
         Path(params.marker_dir).mkdir(parents=True, exist_ok=True)
         (Path(params.marker_dir) / f"start-{start}-{time.time_ns()}-{os.getpid()}").touch()
+    if params.marker_dir:
+        import ray  # test-only: record which Ray node each rank ran on
+
+        (Path(params.marker_dir) / f"node-rank{ctx.world_rank}-{ray.get_runtime_context().get_node_id()}").touch()
     n_docs = len(read_jsonl(inputs["corpus"].main_file))
     target = float(n_docs)
     for step in range(start, params.steps):

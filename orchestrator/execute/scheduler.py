@@ -98,7 +98,12 @@ class Scheduler:
         if not plan.to_run:
             self.write_status("done")
             return self.result
-        self._connect()
+        try:
+            self._connect()
+        except BaseException:
+            self.write_status("failed")
+            self._disconnect()
+            raise
         try:
             self._loop(view)
         except KeyboardInterrupt:
@@ -119,15 +124,17 @@ class Scheduler:
 
         for k, v in RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(k, v)
-        if ray.is_initialized():
-            return
-        address = self.address or os.environ.get("RAY_ADDRESS")
-        if address:
-            ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
-                     dashboard_host="127.0.0.1")
-            self.result.started_ray = True
+        # Ray's token authentication stays on (its default); a local cluster's token is in ~/.ray/auth_token.
+        if not ray.is_initialized():
+            address = self.address or os.environ.get("RAY_ADDRESS")
+            if address:
+                ray.init(address=address, log_to_driver=False)
+            else:
+                # A local Ray for this run; everything listens on loopback.
+                ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
+                         dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
+                self.result.started_ray = True
+        check_storage_visible(self.store.root)
 
     def _disconnect(self) -> None:
         if self.result.started_ray:
@@ -170,12 +177,17 @@ class Scheduler:
         job = self._job(name, board)
         res = node.resources
         opts: dict[str, Any] = {"max_retries": 0, "name": f"orch:{name}"}
+        # Drivers of training nodes and sweeps hold no CPU and stay on this (the driver's) node if it can
+        # run tasks; if their process or node is lost they are retried, and Ray Train / Tune restore
+        # from the state they keep in the node's cache entry. Exceptions in user code are not retried.
+        driver = {"num_cpus": 0, "max_retries": 2, "retry_exceptions": False, "name": f"orch:{name}",
+                  "scheduling_strategy": self._here}
         if node.sweep is not None:
             from .sweep import run_sweep_job
 
-            return ray.remote(run_sweep_job).options(num_cpus=0, **opts).remote(job, node.sweep.model_dump(mode="json"))
+            return ray.remote(run_sweep_job).options(**driver).remote(job, node.sweep.model_dump(mode="json"))
         if node.is_training:
-            return ray.remote(run_train_job).options(num_cpus=0, **opts).remote(job)
+            return ray.remote(run_train_job).options(**driver).remote(job)
         if res.memory_gb:
             opts["memory"] = int(res.memory_gb * 1024**3)
         return ray.remote(run_task_job).options(num_cpus=res.cpus, num_gpus=res.gpus, **opts).remote(job)
@@ -183,7 +195,10 @@ class Scheduler:
     def _loop(self, view) -> None:
         import ray
 
-        board = ray.remote(num_cpus=0)(ProgressBoardActor).remote()
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        self._here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        board = ray.remote(num_cpus=0)(ProgressBoardActor).options(scheduling_strategy=self._here).remote()
         pending = list(self.plan.to_run)
         running: dict[Any, str] = {}
         outcomes = self.result.outcomes
@@ -224,6 +239,42 @@ class Scheduler:
                     o.state = "failed"
                     o.error = _error_line(exc)
                     view.set_state(name, "failed", o.error)
+
+
+class StorageNotShared(RuntimeError):
+    pass
+
+
+def check_storage_visible(root: Path) -> None:
+    """On a multi-node cluster, every node must see the run store at the same path."""
+    import secrets
+
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    if len(nodes) <= 1:
+        return
+    root.mkdir(parents=True, exist_ok=True)
+    marker = root / f".orch-visible-{secrets.token_hex(4)}"
+    marker.write_text("orch")
+    try:
+        probe = ray.remote(num_cpus=0)(_path_exists)
+        refs = {n["NodeManagerAddress"]: probe.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(marker))
+            for n in nodes}
+        missing = [addr for addr, ref in refs.items() if not ray.get(ref, timeout=60)]
+    finally:
+        marker.unlink(missing_ok=True)
+    if missing:
+        raise StorageNotShared(
+            f"storage {root} is not visible from node(s) {', '.join(sorted(missing))}: on a multi-node cluster "
+            "the run store must be shared. Give `storage:` (or --storage) a path on a shared mount (NFS, "
+            "s3fs/gcsfuse) that every node sees at the same path.")
+
+
+def _path_exists(path: str) -> bool:
+    return Path(path).exists()
 
 
 class ProgressBoardActor:

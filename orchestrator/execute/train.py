@@ -73,7 +73,8 @@ def build_trainer(job: NodeJob, storage_path: Path, name: str, callbacks: list |
         per_worker["GPU"] = float(res["gpus_per_worker"])
     if res.get("memory_gb"):
         per_worker["memory"] = float(res["memory_gb"]) * 1024**3
-    scaling = ScalingConfig(num_workers=int(res.get("workers", 1)), use_gpu=use_gpu, resources_per_worker=per_worker)
+    scaling = ScalingConfig(num_workers=int(res.get("workers", 1)), use_gpu=use_gpu, resources_per_worker=per_worker,
+                            placement_strategy="SPREAD" if res.get("placement") == "spread" else "PACK")
     run_config = RunConfig(
         name=name,
         storage_path=str(storage_path),

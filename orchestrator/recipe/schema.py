@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -25,6 +25,7 @@ class Resources(BaseModel):
     gpus_per_worker: float = Field(0, ge=0, description="Training components: GPUs per worker (0 = CPU training).")
     memory_gb: float | None = Field(None, gt=0, description="Memory to reserve per task or worker, in GiB (a Ray scheduling hint).")
     max_failures: int = Field(2, ge=0, description="Training components: worker-group restarts from the last checkpoint before the node fails.")
+    placement: Literal["pack", "spread"] = Field("pack", description="Training components: pack workers on few nodes, or spread them over nodes.")
 
     @property
     def use_gpu(self) -> bool:

@@ -139,7 +139,7 @@ def _check_resources(loaded: LoadedRecipe, comp: ComponentSpec, res: Resources, 
                      diags: list[Diagnostic]) -> None:
     given = set(res.model_fields_set)
     if comp.runs_as == "task":
-        wrong = given & {"workers", "cpus_per_worker", "gpus_per_worker", "max_failures"}
+        wrong = given & {"workers", "cpus_per_worker", "gpus_per_worker", "max_failures", "placement"}
         for key in sorted(wrong):
             diags.append(loaded.diagnostic(base + (key,),
                                            f"'{key}' applies to training components; '{comp.kind}' runs as one task: use cpus/gpus",

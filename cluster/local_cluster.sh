@@ -1,0 +1,102 @@
+#!/usr/bin/env bash
+# A real multi-node Ray cluster on one host: a head on 127.0.0.1 and N worker nodes on
+# 127.0.0.2, 127.0.0.3, ... each a separate raylet with its own CPU/memory limits. Everything
+# listens on loopback; token authentication stays on (a token in ~/.ray/auth_token is created
+# once and used by every node and client on this host).
+#
+#   cluster/local_cluster.sh start [--workers N] [--cpus C] [--memory-gb M] [--port P]
+#   cluster/local_cluster.sh status
+#   cluster/local_cluster.sh stop-node 2     # stop worker node 2 (the one on 127.0.0.3)
+#   cluster/local_cluster.sh stop
+#
+# Then: export RAY_ADDRESS=127.0.0.1:P RAY_AUTH_MODE=token; orch run recipe.yaml
+set -euo pipefail
+
+cmd=${1:-}; shift || true
+WORKERS=${ORCH_CLUSTER_WORKERS:-1}
+CPUS=${ORCH_CLUSTER_CPUS:-2}
+MEMORY_GB=${ORCH_CLUSTER_MEMORY_GB:-6}
+PORT=${ORCH_CLUSTER_PORT:-6390}
+STATE=${ORCH_CLUSTER_STATE:-/tmp/orch-local-cluster}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --workers) WORKERS=$2; shift 2 ;;
+    --cpus) CPUS=$2; shift 2 ;;
+    --memory-gb) MEMORY_GB=$2; shift 2 ;;
+    --port) PORT=$2; shift 2 ;;
+    --state) STATE=$2; shift 2 ;;
+    *) break ;;
+  esac
+done
+
+export RAY_AUTH_MODE=token
+mem_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3))")
+obj_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3 * 0.3))")
+
+ensure_token() {
+  if [ ! -s "$HOME/.ray/auth_token" ]; then
+    ray get-auth-token --generate >/dev/null
+  fi
+}
+
+start_node() {  # start_node INDEX   (0 = head)
+  local i=$1 ip="127.0.0.$(( $1 + 1 ))"
+  local tmp="$STATE/node$i"
+  mkdir -p "$tmp"
+  if [ "$i" = 0 ]; then
+    ray start --head --node-ip-address="$ip" --port="$PORT" --num-cpus="$CPUS" --num-gpus=0 \
+      --memory="$mem_bytes" --object-store-memory="$obj_bytes" \
+      --dashboard-host=127.0.0.1 --include-dashboard=true --disable-usage-stats \
+      --temp-dir="$STATE/ray" >"$tmp/start.log" 2>&1
+  else
+    ray start --address="127.0.0.1:$PORT" --node-ip-address="$ip" --num-cpus="$CPUS" --num-gpus=0 \
+      --memory="$mem_bytes" --object-store-memory="$obj_bytes" --disable-usage-stats \
+      --resources="{\"node:worker$i\": 1}" >"$tmp/start.log" 2>&1
+  fi
+  echo "$ip" >"$tmp/ip"
+}
+
+node_pids() {  # the raylet and its children for the node on IP
+  local ip=$1
+  pgrep -f "raylet.*--node_ip_address=$ip( |$)" || true
+}
+
+case "$cmd" in
+  start)
+    ensure_token
+    mkdir -p "$STATE"
+    echo "$PORT" >"$STATE/port"
+    start_node 0
+    for i in $(seq 1 "$WORKERS"); do start_node "$i"; done
+    echo "Ray cluster: head 127.0.0.1:$PORT + $WORKERS worker node(s), $CPUS CPUs and ${MEMORY_GB} GiB each"
+    echo "  export RAY_ADDRESS=127.0.0.1:$PORT RAY_AUTH_MODE=token"
+    ;;
+  status)
+    ray status --address="127.0.0.1:$(cat "$STATE/port")"
+    ;;
+  stop-node)
+    i=${1:?which worker node (1..N)}
+    ip="127.0.0.$(( i + 1 ))"
+    for pid in $(node_pids "$ip"); do
+      pkill -TERM -P "$pid" 2>/dev/null || true
+      kill -TERM "$pid" 2>/dev/null || true
+    done
+    echo "stopped worker node $i ($ip)"
+    ;;
+  stop)
+    # Only this cluster's processes (others on the host, e.g. a laptop's own Ray, are left alone).
+    port=$(cat "$STATE/port" 2>/dev/null || echo "$PORT")
+    for sig in TERM KILL; do
+      pkill -"$sig" -f "127\.0\.0\.1:$port( |$|,)" 2>/dev/null || true
+      pkill -"$sig" -f "gcs_server_port=$port( |$)" 2>/dev/null || true
+      pkill -"$sig" -f -- "--temp-dir=$STATE/ray" 2>/dev/null || true
+      pkill -"$sig" -f "$STATE/ray/" 2>/dev/null || true
+      [ "$sig" = TERM ] && sleep 2
+    done
+    rm -rf "$STATE"
+    echo "stopped"
+    ;;
+  *)
+    sed -n '2,14p' "$0"; exit 2 ;;
+esac
