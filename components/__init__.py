@@ -6,4 +6,6 @@ imported inside the functions that need them, so `orch validate` and `orch plan`
 
 BUILTIN_MODULES = (
     "components.data_prep",
+    "components.embed_finetune",
+    "components.reranker_finetune",
 )

@@ -96,13 +96,16 @@ def make_callback(ctx, *, tokens_per_sample: float | None = None):
                 return
             clean = {}
             for k, v in metrics.items():
+                if k == "epoch":
+                    continue
                 if isinstance(v, (int, float)) and not k.endswith(("_runtime", "_samples_per_second", "_steps_per_second")):
                     clean["dev/" + k.removeprefix("eval_").removeprefix("dev_")] = float(v)
             self.last_eval.update(clean)
             ctx.log_metrics(clean, step=state.global_step)
             if ctx.world_rank == 0:
-                ctx.log("eval @ step %d: %s" % (state.global_step,
-                                                 ", ".join(f"{k}={v:.4f}" for k, v in sorted(clean.items())[:8])))
+                head = [k for k in sorted(clean) if k.split("/")[-1].startswith(("recall@", "ndcg@", "mrr@", "loss",
+                                                                                   "accuracy", "f1"))] or sorted(clean)
+                ctx.log("eval @ step %d: %s" % (state.global_step, ", ".join(f"{k}={clean[k]:.4f}" for k in head[:10])))
 
         def on_save(self, args, state, control, **kwargs):
             ckpt = get_last_checkpoint(args.output_dir) if ctx.world_rank == 0 else None

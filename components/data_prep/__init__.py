@@ -49,7 +49,7 @@ RECORD_FORMATS = ("auto", "json", "jsonl", "csv")
     outputs={"corpus": "corpus", "train_pairs": "pairs", "dev": "ir_eval_set", "test": "ir_eval_set",
              "train_sft": "sft", "dev_sft": "sft"},
     runs_as="task",
-    version="1",
+    version="2",
 )
 def data_prep(params: DataPrepParams, inputs: dict[str, Artifact], ctx: RunContext) -> None:
     """Retrieval / QA data -> corpus, (query, positive) train pairs, BEIR dev/test sets and RAG SFT records.
@@ -131,7 +131,14 @@ def data_prep(params: DataPrepParams, inputs: dict[str, Artifact], ctx: RunConte
 def _pairs(queries: list[Query], data: RetrievalSet) -> Iterable[dict[str, Any]]:
     for q in queries:
         for pid in q.positives:
-            yield {"query": q.text, "positive": data.passages[pid]["text"], "query_id": q.id, "positive_id": pid}
+            yield {"query": q.text, "positive": passage_text(data.passages[pid]), "query_id": q.id, "positive_id": pid}
+
+
+def passage_text(doc: dict[str, str]) -> str:
+    """How a passage is embedded, indexed and trained on everywhere: ``title\ntext`` (or the one that exists).
+    Same convention as components.retrieval.passage_text, so train pairs match the corpus exactly."""
+    title, text = (doc.get("title") or "").strip(), (doc.get("text") or "").strip()
+    return f"{title}\n{text}" if title and text else (title or text)
 
 
 def _write_beir(folder: Path, queries: list[Query], corpus_file: Path, with_answers: bool) -> None:

@@ -8,6 +8,8 @@ marks its descendants skipped; other branches go on. Nothing here knows what a n
 from __future__ import annotations
 
 import os
+import re
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,13 +122,19 @@ class Scheduler:
         return self.result
 
     def _connect(self) -> None:
+        address = self.address or os.environ.get("RAY_ADDRESS")
+        if address and "RAY_AUTH_MODE" not in os.environ and "ray" not in sys.modules:
+            # Clusters started by cluster/local_cluster.sh (and Ray's defaults) use token authentication;
+            # Ray reads the mode at import, so it is set before the first `import ray`.
+            token = Path(os.environ.get("RAY_AUTH_TOKEN_PATH", Path.home() / ".ray" / "auth_token")).expanduser()
+            if os.environ.get("RAY_AUTH_TOKEN") or token.exists():
+                os.environ["RAY_AUTH_MODE"] = "token"
         import ray
 
         for k, v in RAY_ENV_DEFAULTS.items():
             os.environ.setdefault(k, v)
         # Ray's token authentication stays on (its default); a local cluster's token is in ~/.ray/auth_token.
         if not ray.is_initialized():
-            address = self.address or os.environ.get("RAY_ADDRESS")
             if address:
                 ray.init(address=address, log_to_driver=False)
             else:
@@ -292,12 +300,22 @@ class ProgressBoardActor:
         return self.board.snapshot()
 
 
+_EXC_LINE = re.compile(r"^(?:[\w.]+\.)?(\w*(?:Error|Exception|Interrupt|Exit|NotFound|Failure))(?:\([^)]*\))?: (.+)$")
+
+
 def _error_line(exc: BaseException) -> str:
+    """The one line that says what went wrong: the innermost exception's message, not Ray's wrapping."""
     cause = getattr(exc, "cause", None) or exc
-    text = str(cause).strip().splitlines()
-    # Ray's task errors carry the remote traceback; the last line is the actual exception.
-    lines = [ln for ln in text if ln.strip()]
+    lines = [ln.strip() for ln in str(cause).strip().splitlines() if ln.strip()]
     if not lines:
         return type(cause).__name__
-    last = lines[-1].strip()
-    return last if len(last) < 300 else last[:297] + "..."
+    # Ray's task errors carry the remote traceback(s); Ray Train's worker errors wrap the component's.
+    # Pick the last "SomeError: message" line that is not Ray's own wrapper.
+    candidates = [m for m in map(_EXC_LINE.match, lines) if m and not m.group(1).startswith(("RayTask", "WorkerGroup",
+                                                                                           "RayActor", "TrainingFailed"))]
+    if candidates:
+        m = candidates[-1]
+        line = f"{m.group(1)}: {m.group(2)}"
+    else:
+        line = lines[-1]
+    return line if len(line) < 300 else line[:297] + "..."

@@ -49,6 +49,10 @@ def make_train_loop(job: NodeJob, extra_report: Callable[[dict[str, float]], Non
         gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         ctx = job.context(world_rank=rank, world_size=world, num_gpus=gpus, report_fn=report, checkpoint_fn=latest,
                           **({"entry_dir": Path(trial_dir)} if trial_dir else {}))
+        from ray.util import get_node_ip_address
+
+        ctx.log(f"worker {rank}/{world} pid {os.getpid()} on {get_node_ip_address()}"
+                + (f", {gpus} GPU(s)" if gpus else ""))
         try:
             spec.fn(params, job.artifacts(), ctx)
         except BaseException as exc:
