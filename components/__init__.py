@@ -6,6 +6,9 @@ imported inside the functions that need them, so `orch validate` and `orch plan`
 
 BUILTIN_MODULES = (
     "components.data_prep",
+    "components.mining",
     "components.embed_finetune",
     "components.reranker_finetune",
+    "components.lora_sft",
+    "components.evaluate",
 )

@@ -45,6 +45,8 @@ class RerankerFinetuneParams(TrainLoopParams):
     rerank_top_k: int = Field(20, ge=2, le=1000, description="Dev evaluation: candidates reranked per query.")
     eval_k: int = Field(10, ge=1, description="Dev evaluation: MRR@k and nDCG@k cut-off.")
     eval_max_queries: int | None = Field(None, ge=1, description="Evaluate on at most this many dev queries.")
+    warm_start: bool = Field(False, description="Start from the connected `retriever` embedder's encoder (already "
+                                                "tuned to this domain, with a new 1-logit head) instead of `model`.")
     seed: int | None = Field(None, description="Overrides the recipe's seed for this node.")
     batch_size: int = Field(32, ge=1, description="GLOBAL batch size (query-document pairs for bce/mse; queries for "
                                                   "listwise losses and mnrl), summed over workers.")
@@ -102,7 +104,14 @@ def reranker_finetune(params: RerankerFinetuneParams, inputs: dict[str, Artifact
             f"the data + {stats['random_negatives']} random; {len(dataset)} examples ({columns}); loss {params.loss}; "
             f"batch {per_worker}/worker x {world} = {per_worker * world}; {total} steps")
 
-    model = CrossEncoder(resolve_model(params.model, getattr(ctx, "recipe_dir", None)), num_labels=1,
+    start = resolve_model(params.model, getattr(ctx, "recipe_dir", None))
+    if params.warm_start:
+        if inputs.get("retriever") is None:
+            raise ValueError("warm_start needs the `retriever` input (an embed_finetune model): connect it, or set "
+                             "warm_start: false")
+        start = encoder_folder(inputs["retriever"].path)
+        ctx.log(f"warm start from the embedder's encoder ({start})")
+    model = CrossEncoder(start, num_labels=1,
                          max_length=params.max_seq_length, device="cuda" if ctx.num_gpus else "cpu")
     if params.lora is not None:
         model.model, trainable, n_params = apply_lora(model.model, params.lora, task_type="SEQ_CLS")
@@ -156,6 +165,18 @@ def reranker_finetune(params: RerankerFinetuneParams, inputs: dict[str, Artifact
                **{f"base_dev/{k}": v for k, v in base.items() if "@" in k and not k.startswith("first_stage")}}
     ctx.set_summary(summary)
     ctx.log("final dev: " + _fmt({k.removeprefix("dev/"): v for k, v in final.items()}))
+
+
+def encoder_folder(st_folder: Path) -> str:
+    """The transformers folder inside a sentence-transformers model (its first module), for a warm start."""
+    modules = st_folder / "modules.json"
+    if modules.exists():
+        for m in json.loads(modules.read_text()):
+            if m.get("type", "").endswith("Transformer"):
+                sub = st_folder / m.get("path", "")
+                if (sub / "config.json").exists():
+                    return str(sub)
+    return str(st_folder)
 
 
 def _fmt(metrics: dict[str, float]) -> str:

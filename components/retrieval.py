@@ -408,7 +408,9 @@ class DenseRetriever:
         self.doc_embeddings = None
         self._faiss = None
         self._pos: dict[str, int] = {}
-        self._cache: tuple[tuple[str, ...], Any] | None = None
+        # The last embedded batch, {query: row}: score() after search() on (some of) the same
+        # queries, as mining does, reuses the embeddings instead of encoding again.
+        self._cache: tuple[dict[str, int], Any] | None = None
 
     def embed_queries(self, queries: Sequence[str]):
         return encode(self.model, list(queries), batch_size=self.batch_size, prompt=self.query_prompt)
@@ -457,11 +459,12 @@ class DenseRetriever:
             raise RuntimeError("DenseRetriever: call index() before search()")
 
     def _query_embeddings(self, queries: Sequence[str]):
-        key = tuple(queries)
-        if self._cache is not None and self._cache[0] == key:
-            return self._cache[1]
+        queries = list(queries)
+        if self._cache is not None and all(q in self._cache[0] for q in queries):
+            rows, emb = self._cache
+            return emb[[rows[q] for q in queries]] if queries else emb[:0]
         emb = self.embed_queries(queries)
-        self._cache = (key, emb)  # score() right after search() on the same batch reuses it
+        self._cache = ({q: i for i, q in enumerate(queries)}, emb)
         return emb
 
     def search_embeddings(self, query_embeddings, k: int) -> list[Hits]:

@@ -186,6 +186,52 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe/
 
 
 @app.command()
+def compare(run_a: str = typer.Argument(..., metavar="RUN_A", help="Run id, recipe/run-id, or recipe name (latest)."),
+            run_b: str = typer.Argument(..., metavar="RUN_B", help="The run to compare it with."),
+            storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+    """Two runs side by side: which nodes differ, their metrics and published tables (A -> B)."""
+    from .report_cli import print_compare
+
+    print_compare(console, _find_run(storage, run_a), _find_run(storage, run_b))
+
+
+@app.command()
+def query(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe/run-id, or recipe name (latest)."),
+          text: str = typer.Argument(..., help="The question."),
+          k: int = typer.Option(5, "-k", help="Passages to show."),
+          candidates: int = typer.Option(20, "--candidates", help="Dense candidates the reranker reorders."),
+          answer: bool = typer.Option(True, "--answer/--no-answer", help="Also answer with the run's tuned LLM."),
+          storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+    """Ask a finished run: embedder recall -> reranker -> (LoRA-tuned) answer, with per-stage latency."""
+    from rich.table import Table
+
+    from components.serving import RagPipeline  # the built-in serving library (a component-side API)
+    from .execute.progress import escape
+
+    run_dir = _find_run(storage, run_ref)
+    try:
+        rag = RagPipeline.from_run(run_dir)
+    except LookupError as exc:
+        err_console.print(f"error: {exc}")
+        raise typer.Exit(1)
+    hits = rag.search(text, k=k, candidates=candidates)
+    table = Table(box=None, header_style="bold", title=f"{run_dir.parent.name}/{run_dir.name}", title_justify="left")
+    for col in ("#", "rerank", "dense", "passage"):
+        table.add_column(col, justify="left" if col == "passage" else "right")
+    for h in hits:
+        snippet = (f"【{h.title}】" if h.title else "") + h.text.replace("\n", " ")
+        table.add_row(str(h.rank), "-" if h.rerank_score is None else f"{h.rerank_score:.3f}", f"{h.dense_score:.3f}",
+                      escape(snippet[:110] + ("…" if len(snippet) > 110 else "")))
+    console.print(table)
+    t = rag.timings
+    console.print(f"[dim]encode {t.encode_ms:.0f} ms, search {t.search_ms:.1f} ms"
+                  + (f", rerank {t.rerank_ms:.0f} ms ({candidates} candidates)" if rag.reranker else "") + "[/]")
+    if answer and rag.adapter is not None:
+        reply = rag.answer(text, hits)
+        console.print(f"[bold]answer:[/] {escape(reply)}  [dim]({rag.timings.generate_ms:.0f} ms)[/]")
+
+
+@app.command()
 def tensorboard(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="Run (latest by default)."),
                 storage: str = typer.Option("runs/", "--storage", help="Run store root."),
                 port: int = typer.Option(6006, "--port"), host: str = typer.Option("127.0.0.1", "--host"),

@@ -87,8 +87,19 @@ def make_plan(recipe: Recipe, store: Store, force: list[str] | None = None, only
             estimate = {}
             if node.spec.estimate is not None:
                 try:
-                    estimate = node.spec.estimate(node.params, node.resources) or {}
+                    estimate = _call_estimate(node.spec.estimate, node.params, node.resources, recipe.recipe_dir)
                 except Exception as exc:  # an estimate must never break planning
                     estimate = {"error": str(exc)}
             planned[name] = PlannedNode(name, node.kind, key, parts, action, reason, depth, estimate)
     return Plan(recipe, planned, layers)
+
+
+def _call_estimate(fn, params, resources, recipe_dir) -> dict[str, Any]:
+    """estimate(params, resources[, recipe_dir]): the third argument lets it read model folders relative to the recipe."""
+    import inspect
+
+    try:
+        takes_dir = len(inspect.signature(fn).parameters) >= 3
+    except (TypeError, ValueError):
+        takes_dir = False
+    return (fn(params, resources, recipe_dir) if takes_dir else fn(params, resources)) or {}

@@ -66,6 +66,13 @@ def print_run_summary(console, plan, result, elapsed: float, resume_cmd: str) ->
         if o and o.state == "done":
             p = plan.nodes[name]
             print_sweep(console, name, Store(result.run_dir.parent.parent).entry_dir(p.kind, p.key))
+    store = Store(result.run_dir.parent.parent)
+    for layer in plan.layers:
+        for name in layer:
+            o = result.outcomes.get(name)
+            if o and o.state in ("done", "cached"):
+                p = plan.nodes[name]
+                print_tables(console, name, store.entry_dir(p.kind, p.key))
     failed = [n for n, o in result.outcomes.items() if o.state == "failed"]
     for name in failed:
         o = result.outcomes[name]
@@ -139,9 +146,10 @@ def print_show(console, run_dir: Path) -> None:
         summary = read_json(entry / "metrics.json", {}) if entry else {}
         if summary:
             console.print(f"[bold]{name}[/] " + _flat_metrics(summary))
-    report = run_dir / "report" / "report.md"
-    if report.exists():
-        console.print(f"report: {report}")
+    for name in st.get("nodes") or {}:
+        entry = _node_entry(run_dir, name)
+        if entry is not None:
+            print_tables(console, name, entry)
 
 
 def _flat_metrics(summary: dict[str, Any], limit: int = 12) -> str:
@@ -184,3 +192,105 @@ def print_components(console) -> None:
         ins = ", ".join(f"{n}: {'|'.join(i.kinds)}{'[]' if i.many else ''}{'?' if i.optional else ''}" for n, i in spec.inputs.items())
         outs = ", ".join(f"{n}: {k}" for n, k in spec.outputs.items())
         console.print(f"[bold]{kind}[/] (v{spec.version}, runs as {spec.runs_as})\n  inputs: {ins or '-'}\n  outputs: {outs}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Tables a component publishes (outputs/*/report.json "tables": [{title, columns, rows}])
+# ---------------------------------------------------------------------------------------------
+
+
+def node_tables(entry: Path) -> list[tuple[Path, dict[str, Any]]]:
+    """The plain tables a node's outputs publish, with the report folder they come from."""
+    found = []
+    outputs = entry / "outputs"
+    if not (entry / "manifest.json").exists() or not outputs.is_dir():
+        return found
+    for report in sorted(outputs.glob("*/report.json")):
+        data = read_json(report, {}) or {}
+        for t in data.get("tables") or []:
+            if isinstance(t, dict) and t.get("columns") and isinstance(t.get("rows"), list):
+                found.append((report.parent, t))
+    return found
+
+
+def print_tables(console, node: str, entry: Path) -> None:
+    shown: set[Path] = set()
+    for folder, t in node_tables(entry):
+        table = Table(title=f"{node}: {t.get('title', '')}", box=None, header_style="bold", title_justify="left")
+        for i, col in enumerate(t["columns"]):
+            table.add_column(escape(str(col)), justify="left" if i == 0 else "right")
+        for row in t["rows"]:
+            table.add_row(*[escape(str(c)) for c in row])
+        console.print(table)
+        shown.add(folder)
+    for folder in sorted(shown):
+        files = [f.name for f in sorted(folder.iterdir()) if f.suffix in (".md", ".html", ".png")]
+        console.print(f"[dim]{node} report: {folder}  ({', '.join(files)})[/]")
+
+
+def print_compare(console, run_a: Path, run_b: Path) -> None:
+    """Two runs side by side: which nodes differ (cache key), their summary metrics, their published tables."""
+    st_a = read_json(run_a / "status.json", {}) or {}
+    st_b = read_json(run_b / "status.json", {}) or {}
+    label_a, label_b = f"{run_a.parent.name}/{run_a.name}", f"{run_b.parent.name}/{run_b.name}"
+    console.print(f"[bold]A[/] {label_a}   [bold]B[/] {label_b}")
+    nodes = list(dict.fromkeys(list(st_a.get("nodes") or {}) + list(st_b.get("nodes") or {})))
+    table = Table(title="nodes", box=None, header_style="bold", title_justify="left")
+    for col in ("node", "A", "B", ""):
+        table.add_column(col)
+    entries = {}
+    for name in nodes:
+        ea, eb = _node_entry(run_a, name), _node_entry(run_b, name)
+        entries[name] = (ea, eb)
+        same = ea is not None and ea == eb
+        table.add_row(name, (st_a.get("nodes") or {}).get(name, {}).get("state", "-"),
+                      (st_b.get("nodes") or {}).get(name, {}).get("state", "-"),
+                      "same result (same cache key)" if same else ("only in one run" if ea is None or eb is None
+                                                                   else "different"))
+    console.print(table)
+    for name, (ea, eb) in entries.items():
+        if ea is None or eb is None or ea == eb:
+            continue
+        ma = read_json(ea / "metrics.json", {}) or {}
+        mb = read_json(eb / "metrics.json", {}) or {}
+        keys = [k for k in dict.fromkeys(list(ma) + list(mb)) if _num(ma.get(k)) or _num(mb.get(k))]
+        if keys:
+            t = Table(title=f"{name}: metrics", box=None, header_style="bold", title_justify="left")
+            for col in ("metric", "A", "B", "B - A"):
+                t.add_column(col, justify="left" if col == "metric" else "right")
+            for k in keys[:30]:
+                a, b = ma.get(k), mb.get(k)
+                delta = f"{b - a:+.4g}" if _num(a) and _num(b) else ""
+                t.add_row(escape(k), _fmt(a), _fmt(b), delta)
+            console.print(t)
+        ta = {tb.get("title"): tb for _, tb in node_tables(ea)}
+        tb_ = {tb.get("title"): tb for _, tb in node_tables(eb)}
+        for title in ta:
+            if title not in tb_:
+                continue
+            a, b = ta[title], tb_[title]
+            cols = [c for c in a["columns"][1:] if c in b["columns"]]
+            rows_b = {r[0]: r for r in b["rows"]}
+            t = Table(title=f"{name}: {title} (A → B)", box=None, header_style="bold", title_justify="left")
+            t.add_column(escape(str(a["columns"][0])))
+            for c in cols:
+                t.add_column(escape(str(c)), justify="right")
+            for row in a["rows"]:
+                other = rows_b.get(row[0])
+                cells = []
+                for c in cols:
+                    va = row[a["columns"].index(c)]
+                    vb = other[b["columns"].index(c)] if other else "-"
+                    cells.append(va if va == vb else f"{va} → {vb}")
+                t.add_row(escape(str(row[0])), *[escape(x) for x in cells])
+            console.print(t)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.4g}" if isinstance(v, float) else str(v)

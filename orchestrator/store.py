@@ -149,3 +149,23 @@ class Store:
         if not candidates:
             raise LookupError(f"no run '{ref}' under {self.root}; `orch ls` lists them")
         return candidates[-1]
+
+
+def run_artifacts(run_dir: Path) -> list[Any]:
+    """Every output of a run's finished nodes, as Artifacts (meta: node, output), in the run's node order."""
+    from .api import Artifact
+
+    status = read_json(Path(run_dir) / "status.json", {}) or {}
+    found = []
+    for node in status.get("nodes") or {}:
+        info = read_json(Path(run_dir) / node / "node.json")
+        if not info:
+            continue
+        entry = Path(info["entry"])
+        manifest = read_json(entry / MANIFEST)
+        if not manifest:
+            continue
+        for name, out in (manifest.get("outputs") or {}).items():
+            found.append(Artifact(kind=out["kind"], path=entry / out["path"], key=f"{manifest['key']}:{name}",
+                                  meta={"node": node, "output": name}))
+    return found
