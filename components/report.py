@@ -122,9 +122,15 @@ def to_html(report: dict[str, Any], title: str, folder: Path) -> str:
 def tables(report: dict[str, Any]) -> list[dict[str, Any]]:
     """Plain tables (title, columns, rows of strings) that `orch show` / `orch compare` print without knowing ML."""
     out = []
-    head, body = retrieval_table(report)
-    out.append({"title": f"retrieval on {report['test_set']['queries']} held-out queries", "columns": head,
-                "rows": body})
+    cols = [c for c in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10") if c in report["retrieval"][0]]
+    body = []
+    for r in report["retrieval"]:
+        mark = " *" if r["system"] == report["best"] else (" (baseline)" if r["system"] == report["baseline"] else "")
+        body.append([r["system"] + mark] + [f"{r[c]:.3f}" for c in cols]
+                    + [f"{r.get('delta', {}).get('ndcg@10', 0.0):+.3f}"])
+    out.append({"title": f"retrieval on {report['test_set']['queries']} held-out queries (* best)",
+                "columns": ["system"] + [c.replace("recall", "R").replace("ndcg", "nDCG").replace("mrr", "MRR")
+                                         for c in cols] + ["ΔnDCG@10"], "rows": body})
     if report.get("targets"):
         out.append({"title": "targets", "columns": ["metric", "target", "system", "value", ""],
                     "rows": [[t["metric"], f"{t['target']:.2f}", t["system"],

@@ -218,7 +218,7 @@ def print_tables(console, node: str, entry: Path) -> None:
     for folder, t in node_tables(entry):
         table = Table(title=f"{node}: {t.get('title', '')}", box=None, header_style="bold", title_justify="left")
         for i, col in enumerate(t["columns"]):
-            table.add_column(escape(str(col)), justify="left" if i == 0 else "right")
+            table.add_column(escape(str(col)), justify="left" if i == 0 else "right", no_wrap=True)
         for row in t["rows"]:
             table.add_row(*[escape(str(c)) for c in row])
         console.print(table)

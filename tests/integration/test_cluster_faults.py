@@ -101,7 +101,7 @@ def summary(tmp_path: Path) -> dict:
 
 
 def test_two_worker_training_spreads_over_both_nodes(cluster, tmp_path):
-    path, marks = write(tmp_path, steps=4)
+    path, marks = write(tmp_path, steps=12)
     code, out, wall = run_orch(cluster, tmp_path, str(path))
     assert code == 0, out
     nodes = {p.name.split("-", 2)[2] for p in marks.glob("node-rank*")}
