@@ -73,6 +73,7 @@ WEIGHT_DECAY = 0.01
 LOGGING_STEPS = 5
 EVAL_K = [1, 5, 10]
 CPUS = 2
+LAST_TREE_CPU = 0.0
 
 RECIPE = """\
 name: embed_overhead
@@ -206,6 +207,7 @@ def plain_main(argv: list[str]) -> None:
     marks["saved"] = time.time()
     Path(a.timing).write_text(json.dumps({
         "marks": marks, "steps": trainer.state.global_step, "train_loss": float(result.training_loss),
+        "cpu_s": (lambda r: r.ru_utime + r.ru_stime)(resource.getrusage(resource.RUSAGE_SELF)),
         "peak_rss_gb": peak_rss_gb_self(), "vm_hwm_gb": vm_hwm_gb(), "torch_threads": torch.get_num_threads(),
         "dev_base": {k: float(v) for k, v in base.items()}, "dev_final": dev_final,
     }, indent=2))
@@ -251,11 +253,14 @@ def eval_main(argv: list[str]) -> None:
 
 
 class TreeRSS(threading.Thread):
-    """Peak of the summed RSS of a process and all its descendants, sampled every ``every`` seconds."""
+    """Peak of the summed RSS of a process and all its descendants, sampled every ``every`` seconds, and
+    their CPU seconds (user + system, the last value seen of each process: the last ``every`` seconds of a
+    process that exits between samples are missed)."""
 
-    def __init__(self, pid: int, every: float = 2.0):
+    def __init__(self, pid: int, every: float = 1.0):
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.stop = pid, every, 0, threading.Event()
+        self.cpu: dict[tuple[int, float], float] = {}
 
     def run(self) -> None:
         try:
@@ -270,6 +275,8 @@ class TreeRSS(threading.Thread):
                 for p in procs:
                     try:
                         total += p.memory_info().rss
+                        ct = p.cpu_times()
+                        self.cpu[(p.pid, p.create_time())] = ct.user + ct.system
                     except (psutil.NoSuchProcess, psutil.AccessDenied):
                         pass
                 self.peak = max(self.peak, total)
@@ -294,7 +301,8 @@ def child_env(threads: int | None = None) -> dict[str, str]:
 
 
 def run_timed(cmd: list[str], log: Path, env: dict[str, str], tree: bool = False) -> tuple[float, float, int, int]:
-    """(t_start, wall seconds, return code, peak tree RSS bytes)."""
+    """(t_start, wall seconds, return code, peak tree RSS bytes); the tree's CPU seconds in ``LAST_TREE_CPU``."""
+    global LAST_TREE_CPU
     with open(log, "w", encoding="utf-8") as fh:
         t0 = time.time()
         proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=fh, stderr=subprocess.STDOUT)
@@ -306,6 +314,7 @@ def run_timed(cmd: list[str], log: Path, env: dict[str, str], tree: bool = False
         if sampler:
             sampler.stop.set()
             sampler.join(5)
+            LAST_TREE_CPU = sum(sampler.cpu.values())
     return t0, wall, rc, (sampler.peak if sampler else 0)
 
 
@@ -378,7 +387,7 @@ def run_orch(recipe: Path, store: Path, prep_entry: Path, logs: Path, tag: str) 
     t_train_end = next((r["time"] for r in reversed(rows) if "train/train_runtime" in r), None) \
         or (rows[-1]["time"] if rows else None)
     phases["after_train"] = (t_end - t_train_end) if t_train_end else None
-    return {"wall": wall, "phases": phases, "peak_rss_gb": summary.get("memory/peak_rss_gb"),
+    return {"wall": wall, "phases": phases, "peak_rss_gb": summary.get("memory/peak_rss_gb"), "cpu_s": LAST_TREE_CPU,
             "tree_peak_gb": tree_peak / 1024**3, "train_seconds": summary.get("train_seconds"),
             "steps": summary.get("steps"), "train_loss": summary.get("train_loss"),
             "model": str(entry / "outputs" / "model"), "log": str(entry / "log.txt")}
@@ -404,7 +413,7 @@ def run_plain(pairs: Path, dev: Path, out: Path, steps: int, epochs: float, logs
         "train": mk["train_end"] - mk["train_begin"],
         "after_train": (t0 + wall) - mk["train_end"],
     }
-    return {"wall": wall, "phases": phases, "peak_rss_gb": info["peak_rss_gb"], "vm_hwm_gb": info["vm_hwm_gb"],
+    return {"wall": wall, "phases": phases, "peak_rss_gb": info["peak_rss_gb"], "cpu_s": info["cpu_s"], "vm_hwm_gb": info["vm_hwm_gb"],
             "steps": info["steps"], "train_loss": info["train_loss"], "torch_threads": info["torch_threads"],
             "train_seconds": phases["train"], "model": str(out / "model")}
 
@@ -488,7 +497,7 @@ def report(runs, quality, a, steps, n_pairs, prep_wall, work) -> str:
         return sum(xs) / len(xs) if xs else None
 
     main_cols = ["run", "order", "orch wall s", "plain wall s", "ratio orch/plain", "fixed overhead s",
-                 "orch Ray start s", "orch worker start s", "orch peak RSS GB", "plain peak RSS GB",
+                 "orch CPU s (all procs)", "plain CPU s", "orch Ray start s", "orch worker start s", "orch peak RSS GB", "plain peak RSS GB",
                  "orch R@10", "plain R@10", "orch MRR@10", "plain MRR@10"]
     phase_cols = ["run", "orch launch -> job start s", "job start -> worker 0 s", "worker 0 -> first step s",
                   "orch launch -> first step s", "plain launch -> first step s", "orch train s", "plain train s",
@@ -501,10 +510,10 @@ def report(runs, quality, a, steps, n_pairs, prep_wall, work) -> str:
         qo, qp = quality.get(f"orch_{r}", {}), quality.get(f"plain_{r}", {})
         ph = o["phases"]
         vals.append({
-            "label": str(r), "order": x["order"],
+            "label": str(r), "order": f"{x['order']} (load {x['load_before']:.1f})",
             "ow": o["wall"], "pw": p["wall"], "ratio": o["wall"] / p["wall"], "ovh": o["wall"] - p["wall"],
-            "ray": ph["launch_to_job_start"], "wk": ph["job_start_to_worker"],
-            "orss": o["peak_rss_gb"], "prss": p["peak_rss_gb"],
+            "ray": ph["launch_to_job_start"], "wk": ph["job_start_to_worker"], "ocpu": o["cpu_s"],
+            "pcpu": p["cpu_s"], "orss": o["peak_rss_gb"], "prss": p["peak_rss_gb"],
             "or": qo.get("recall@10"), "pr": qp.get("recall@10"), "om": qo.get("mrr@10"), "pm": qp.get("mrr@10"),
             "w1": ph["worker_to_first_step"], "of": ph["launch_to_first_step"],
             "pf": p["phases"]["launch_to_first_step"], "ot": o["train_seconds"], "pt": p["train_seconds"],
@@ -515,7 +524,7 @@ def report(runs, quality, a, steps, n_pairs, prep_wall, work) -> str:
         vals.append({"label": "**mean**", "order": "", **{k: mean([v[k] for v in vals]) for k in keys}})
     for v in vals:
         t1.append("| " + " | ".join([v["label"], v["order"], fmt(v["ow"]), fmt(v["pw"]), fmt(v["ratio"], 2),
-                                      fmt(v["ovh"]), fmt(v["ray"]), fmt(v["wk"]), fmt(v["orss"], 2),
+                                      fmt(v["ovh"]), fmt(v["ocpu"]), fmt(v["pcpu"]), fmt(v["ray"]), fmt(v["wk"]), fmt(v["orss"], 2),
                                       fmt(v["prss"], 2), fmt(v["or"], 3), fmt(v["pr"], 3), fmt(v["om"], 3),
                                       fmt(v["pm"], 3)]) + " |")
         t2.append("| " + " | ".join([v["label"], fmt(v["ray"]), fmt(v["wk"]), fmt(v["w1"]), fmt(v["of"]),
@@ -549,6 +558,9 @@ def report(runs, quality, a, steps, n_pairs, prep_wall, work) -> str:
         "",
         *t2,
         "",
+        "- CPU s: user + system seconds. plain: getrusage of its process; orch: summed over all of orch's "
+        "processes (psutil, sampled every 1 s, so slightly low). Less sensitive than wall time to other jobs "
+        "on the machine.",
         "- wall: process start to exit, end to end (interpreter, imports, Ray, model load, dev evals, training, "
         "checkpoint, model save, shutdown). fixed overhead = orch wall - plain wall.",
         "- orch Ray start = launch -> \"start embed_finetune as a Ray Train job\" (CLI imports, plan, `ray.init`, "
