@@ -279,29 +279,11 @@ def build_loss(model, params: EmbedFinetuneParams, world: int):
     return losses.MarginMSELoss(model)
 
 
-def load_ir_set(folder: Path, max_queries: int | None = None):
-    """(corpus {id: text}, queries {id: text}, qrels {qid: {docid: score}}) from a BEIR folder."""
-    from .retrieval import passage_text
-
-    corpus = {r["_id"]: passage_text(r) for r in read_jsonl(folder / "corpus.jsonl")}
-    queries = {r["_id"]: r["text"] for r in read_jsonl(folder / "queries.jsonl")}
-    qrels: dict[str, dict[str, int]] = {}
-    with open(folder / "qrels.tsv", encoding="utf-8") as fh:
-        for i, line in enumerate(fh):
-            parts = line.rstrip("\n").split("\t")
-            if i == 0 and not parts[-1].lstrip("-").isdigit():
-                continue
-            if len(parts) >= 3 and int(parts[2]) > 0:
-                qrels.setdefault(parts[0], {})[parts[1]] = int(parts[2])
-    queries = {q: t for q, t in queries.items() if q in qrels}
-    if max_queries:
-        queries = dict(list(queries.items())[:max_queries])
-    return corpus, queries, qrels
-
-
 def dev_evaluator(art: Artifact, params: EmbedFinetuneParams):
     """InformationRetrievalEvaluator on the dev folder, with metric names recall@k, mrr@k, ndcg@k, map@k."""
     from sentence_transformers.sentence_transformer.evaluation import InformationRetrievalEvaluator, SentenceEvaluator
+
+    from .retrieval import load_ir_set
 
     corpus, queries, qrels = load_ir_set(art.path, params.eval_max_queries)
     ks = sorted(set(params.eval_k))

@@ -96,7 +96,7 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
     their TensorBoard events), metric bars.
     """
     from . import plots
-    from .embed_finetune import load_ir_set
+    from .retrieval import load_ir_set
     from .metrics import ir_metrics
     from .report import write_report
     from .retrieval import BM25Retriever, DenseRetriever, HybridRetriever, load_model

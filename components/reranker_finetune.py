@@ -300,7 +300,7 @@ def build_loss(model, params: RerankerFinetuneParams):
 
 def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: RerankerFinetuneParams, ctx):
     """[(query, [positive texts], [candidate texts in first-stage order])] for the dev queries."""
-    from .embed_finetune import load_ir_set
+    from .retrieval import load_ir_set
     from .retrieval import BM25Retriever, DenseRetriever, load_model
 
     corpus, queries, qrels = load_ir_set(dev.path, params.eval_max_queries)

@@ -35,7 +35,7 @@ Hits = list[tuple[str, float]]
 
 __all__ = [
     "load_model", "encode", "encode_distributed", "DenseRetriever", "BM25Retriever", "HybridRetriever",
-    "make_retriever", "load_beir", "passage_text", "tokenize", "detect_language", "has_cjk",
+    "make_retriever", "load_beir", "load_ir_set", "passage_text", "tokenize", "detect_language", "has_cjk",
 ]
 
 
@@ -659,3 +659,15 @@ def load_beir(folder: str | Path):
             value = row.get("answers") or []
             answers[str(row["_id"])] = [value] if isinstance(value, str) else [str(a) for a in value]
     return corpus, queries, qrels, answers
+
+
+def load_ir_set(folder: str | Path, max_queries: int | None = None):
+    """(corpus {id: passage_text}, queries {id: text}, qrels {qid: {doc_id: score > 0}}) of a BEIR folder, for
+    evaluation: only queries with a positive, in file order, at most ``max_queries`` of them."""
+    corpus_rows, queries, qrels, _ = load_beir(folder)
+    corpus = {doc_id: passage_text(row) for doc_id, row in corpus_rows.items()}
+    qrels = {q: rel for q, rel in ((q, {d: s for d, s in r.items() if s > 0}) for q, r in qrels.items()) if rel}
+    queries = {q: t for q, t in queries.items() if q in qrels}
+    if max_queries:
+        queries = dict(list(queries.items())[:max_queries])
+    return corpus, queries, qrels

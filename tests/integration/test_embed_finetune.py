@@ -43,7 +43,7 @@ components:
 def recall_mrr_at_10(model_path: str, test_dir: Path) -> tuple[float, float]:
     from sentence_transformers import SentenceTransformer
 
-    from components.embed_finetune import load_ir_set
+    from components.retrieval import load_ir_set
 
     corpus, queries, qrels = load_ir_set(test_dir)
     ids = list(corpus)
