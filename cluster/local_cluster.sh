@@ -34,10 +34,31 @@ export RAY_AUTH_MODE=token
 mem_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3))")
 obj_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3 * 0.3))")
 
+port_or_free() {  # port_or_free PREFERRED: PREFERRED if nothing listens on it, else a free port
+  python3 - "$1" <<'PY'
+import socket, sys
+want = int(sys.argv[1])
+for port in (want, 0):
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        print(s.getsockname()[1])
+        break
+PY
+}
+
 ensure_token() {
   if [ ! -s "$HOME/.ray/auth_token" ]; then
     ray get-auth-token --generate >/dev/null
   fi
+}
+
+fail_node() {  # fail_node INDEX LOG: say which node failed and show why
+  echo "error: node $1 (127.0.0.$(( $1 + 1 ))) did not start; the end of $2:" >&2
+  tail -n 40 "$2" >&2
+  exit 1
 }
 
 start_node() {  # start_node INDEX   (0 = head)
@@ -45,14 +66,21 @@ start_node() {  # start_node INDEX   (0 = head)
   local tmp="$STATE/node$i"
   mkdir -p "$tmp"
   if [ "$i" = 0 ]; then
+    # The head's fixed default ports (dashboard 8265, client server 10001, agent 52365) may be
+    # taken by another Ray on this host (a laptop's own, or one still shutting down): fall back
+    # to free ports instead of failing, and record the dashboard's address for `ray job submit`.
+    DASHBOARD_PORT=$(port_or_free "${ORCH_CLUSTER_DASHBOARD_PORT:-8265}")
+    echo "http://127.0.0.1:$DASHBOARD_PORT" >"$STATE/dashboard"
     ray start --head --node-ip-address="$ip" --port="$PORT" --num-cpus="$CPUS" --num-gpus=0 \
       --memory="$mem_bytes" --object-store-memory="$obj_bytes" \
-      --dashboard-host=127.0.0.1 --include-dashboard=true --disable-usage-stats \
-      --temp-dir="$STATE/ray" >"$tmp/start.log" 2>&1
+      --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --include-dashboard=true \
+      --ray-client-server-port="$(port_or_free 10001)" --dashboard-agent-listen-port="$(port_or_free 52365)" \
+      --disable-usage-stats \
+      --temp-dir="$STATE/ray" >"$tmp/start.log" 2>&1 || fail_node "$i" "$tmp/start.log"
   else
     ray start --address="127.0.0.1:$PORT" --node-ip-address="$ip" --num-cpus="$CPUS" --num-gpus=0 \
       --memory="$mem_bytes" --object-store-memory="$obj_bytes" --disable-usage-stats \
-      --resources="{\"node:worker$i\": 1}" >"$tmp/start.log" 2>&1
+      --resources="{\"node:worker$i\": 1}" >"$tmp/start.log" 2>&1 || fail_node "$i" "$tmp/start.log"
   fi
   echo "$ip" >"$tmp/ip"
 }
@@ -71,6 +99,7 @@ case "$cmd" in
     for i in $(seq 1 "$WORKERS"); do start_node "$i"; done
     echo "Ray cluster: head 127.0.0.1:$PORT + $WORKERS worker node(s), $CPUS CPUs and ${MEMORY_GB} GiB each"
     echo "  export RAY_ADDRESS=127.0.0.1:$PORT RAY_AUTH_MODE=token"
+    echo "  dashboard and Ray Jobs API: $(cat "$STATE/dashboard")"
     ;;
   status)
     ray status --address="127.0.0.1:$(cat "$STATE/port")"

@@ -71,6 +71,7 @@ class TrainParams(BaseModel):
     step_sleep_s: float = Field(0.0, ge=0, description="Sleep per step (so tests can kill mid-run).")
     checkpoint_every: int = Field(2, ge=1, description="Checkpoint every N steps.")
     marker_dir: str = Field("", description="If set, record each (re)start there.")
+    fail_rank: int = Field(-1, description="If >= 0, this rank raises after its first step.")
 
 
 @component("toy_train", params=TrainParams, inputs={"corpus": Input("corpus")}, outputs={"model": "text_label"},
@@ -86,8 +87,9 @@ def toy_train(params: TrainParams, inputs, ctx) -> None:
     if ckpt is not None:
         state = json.loads((ckpt / "state.json").read_text())
         start, w = state["step"], torch.tensor([state["w"]])
-    if params.marker_dir and ctx.world_rank == 0:
+    if params.marker_dir:
         Path(params.marker_dir).mkdir(parents=True, exist_ok=True)
+    if params.marker_dir and ctx.world_rank == 0:
         (Path(params.marker_dir) / f"start-{start}-{time.time_ns()}-{os.getpid()}").touch()
     if params.marker_dir:
         import ray  # test-only: record which Ray node each rank ran on
@@ -103,6 +105,8 @@ def toy_train(params: TrainParams, inputs, ctx) -> None:
         w = w - params.lr * grad
         loss = float((w - target) ** 2)
         time.sleep(params.step_sleep_s)
+        if ctx.world_rank == params.fail_rank:
+            raise ValueError(f"toy_train rank {ctx.world_rank} was asked to fail")
         ctx.log_metrics({"train/loss": loss}, step=step + 1)
         ctx.progress(step + 1, params.steps, loss=loss)
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.steps:

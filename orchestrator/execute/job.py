@@ -81,10 +81,11 @@ def finish(job: NodeJob, started: float, extra: dict[str, Any] | None = None) ->
                                "summary": summary, **(extra or {})})
 
 
-def append_failure(job: NodeJob, exc: BaseException) -> None:
+def append_failure(job: NodeJob, exc: BaseException, who: str = "") -> None:
+    """Append a traceback to the node's log; ``who`` names the worker rank for training jobs."""
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     with open(Path(job.entry_dir) / "log.txt", "a", encoding="utf-8") as fh:
-        fh.write(f"[{time.strftime('%H:%M:%S')}] FAILED\n{text}\n")
+        fh.write(f"[{time.strftime('%H:%M:%S')}{' ' + who if who else ''}] FAILED\n{text}\n")
 
 
 def run_task_job(job: NodeJob) -> dict[str, Any]:

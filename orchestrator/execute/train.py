@@ -56,8 +56,9 @@ def make_train_loop(job: NodeJob, extra_report: Callable[[dict[str, float]], Non
         try:
             spec.fn(params, job.artifacts(), ctx)
         except BaseException as exc:
-            if rank == 0:
-                append_failure(job, exc)
+            # Every rank logs its own error: the one that failed first is usually the cause, and the
+            # others only see "connection closed by peer" from the collective it left.
+            append_failure(job, exc, who=f"rank {rank}")
             raise
         finally:
             ctx.close()

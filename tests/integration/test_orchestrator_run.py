@@ -104,6 +104,17 @@ def test_failure_skips_descendants_and_resumes(orch, recipe, tmp_path):
     assert re.search(r"side\s+toy_map\s+cached", out), out
 
 
+def test_failed_training_rank_is_named_in_log_and_terminal(orch, recipe, tmp_path):
+    """When one rank dies, its own error (not its peers' "connection closed") reaches the user."""
+    path, _ = recipe
+    code, out = orch("run", path, "--set", "components.fit.params.fail_rank=1",
+                     "--set", "components.fit.resources.max_failures=0")
+    assert code == 1, out
+    assert "toy_train rank 1 was asked to fail" in out, out
+    log = Path(re.search(r"log: (\S+toy_train\S+log\.txt)", out).group(1)).read_text()
+    assert re.search(r"rank 1\] FAILED\n(.*\n)*ValueError: toy_train rank 1 was asked to fail", log), log
+
+
 def test_half_written_entry_is_never_reused(orch, recipe, tmp_path):
     path, marks = recipe
     assert orch("run", path, "--only", "up")[0] == 0
