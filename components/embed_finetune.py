@@ -20,7 +20,8 @@ from pydantic import Field, model_validator
 
 from orchestrator.api import Artifact, Input, ModelRef, RunContext, component, read_jsonl
 
-from .finetune_common import TrainLoopParams, apply_lora, precision_flags, schedule, steps_per_run
+from .finetune_common import (TrainLoopParams, apply_lora, extend_vocab_for, precision_flags, schedule,
+                              steps_per_run)
 
 LOSSES = ("mnrl", "cached_mnrl", "triplet", "contrastive", "online_contrastive", "cosent", "margin_mse")
 
@@ -81,6 +82,9 @@ def _estimate(params: EmbedFinetuneParams, resources) -> dict[str, Any]:
         "train": Input("pairs", "triplets", "ntuples", "labeled_pairs",
                        description="(query, positive) pairs, triplets, FlagEmbedding n-tuples or labelled pairs"),
         "dev": Input("ir_eval_set", optional=True, description="BEIR folder evaluated during training"),
+        "corpus": Input("corpus", optional=True,
+                        description="the passages you will search: their words join the training text as the "
+                                    "source of extend_vocab's new tokens (never trained on)"),
     },
     outputs={"model": "embedding_model"},
     runs_as="train",
@@ -102,6 +106,7 @@ def embed_finetune(params: EmbedFinetuneParams, inputs: dict[str, Artifact], ctx
 
     from .models import resolve_model
     from .training import common_training_args, make_callback, peak_memory_gb, resume_checkpoint, seed_everything
+    from .vocab import input_embedding_name
 
     seed = params.seed if params.seed is not None else ctx.seed
     seed_everything(seed)
@@ -120,10 +125,18 @@ def embed_finetune(params: EmbedFinetuneParams, inputs: dict[str, Artifact], ctx
     model = SentenceTransformer(model_path, device="cuda" if ctx.num_gpus else "cpu")
     model.max_seq_length = params.max_seq_length
     freeze_unused(model)
+    texts = [t for c in columns if c not in ("label", "score") for t in dataset[c] if isinstance(t, str)]
+    if inputs.get("corpus") is not None and params.extend_vocab is not None:
+        from .retrieval import passage_text
+
+        texts += [passage_text(r) for r in read_jsonl(inputs["corpus"].main_file)]
+    added = extend_vocab_for(params, model.tokenizer, model[0].auto_model, texts, seed, ctx.log)
     trainable = None
     if params.lora is not None:
         module = model[0].auto_model
-        peft_model, trainable, total_params = apply_lora(module, params.lora, task_type="FEATURE_EXTRACTION")
+        # New token rows must be trained and saved with the adapter (the base model lacks them).
+        peft_model, trainable, total_params = apply_lora(module, params.lora, task_type="FEATURE_EXTRACTION",
+                                                         modules_to_save=[input_embedding_name(module)] if added else None)
         model[0].auto_model = peft_model
         ctx.log(f"LoRA r={params.lora.r}: {trainable:,} trainable of {total_params:,} parameters "
                 f"({100 * trainable / total_params:.2f}%)")

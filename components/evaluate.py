@@ -172,20 +172,30 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
     if rerankers and first_stage:
         from sentence_transformers import CrossEncoder
 
+        from .fusion import fuse, load_fusion_weight
+
         cand = runs[first_stage]
         for art in rerankers:
             ce = CrossEncoder(str(art.path), device="cuda" if ctx.num_gpus else "cpu")
             node = art.meta.get("node", art.path.name)
-            t0 = time.perf_counter()
-            hits = []
+            alone, fused = [], []
+            weight = load_fusion_weight(art.path)
             for qt, h in zip(qtexts, cand):
                 top = h[: params.rerank_top_n]
-                scores = ce.predict([(qt, corpus[d]) for d, _ in top], batch_size=64, show_progress_bar=False) \
-                    if top else []
-                hits.append(sorted(((d, float(s)) for (d, _), s in zip(top, scores)), key=lambda x: -x[1]))
+                scores = [float(x) for x in ce.predict([(qt, corpus[d]) for d, _ in top], batch_size=64,
+                                                       show_progress_bar=False)] if top else []
+                alone.append(sorted(((d, s) for (d, _), s in zip(top, scores)), key=lambda x: -x[1]))
+                if weight is not None:
+                    mixed = fuse([s for _, s in top], scores, weight)
+                    fused.append(sorted(((d, s) for (d, _), s in zip(top, mixed)), key=lambda x: -x[1]))
             name = f"{first_stage} + {node}"
             rerank_names.append(name)
-            add(name, "two-stage", hits, {"rerank_top_n": params.rerank_top_n})
+            if weight is None:
+                add(name, "two-stage", alone, {"rerank_top_n": params.rerank_top_n})
+            else:
+                # The pipeline as served: scores fused with the weight the reranker node chose on dev.
+                add(name, "two-stage", fused, {"rerank_top_n": params.rerank_top_n, "fusion_weight": weight})
+                add(f"{name} (reranker alone)", "two-stage", alone, {"rerank_top_n": params.rerank_top_n})
             n_lat = min(len(lat_q), len(cand))
             t0 = time.perf_counter()
             for qt, h in zip(lat_q[:n_lat], cand[:n_lat]):

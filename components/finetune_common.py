@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from .vocab import VocabExtension
+
 
 class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -50,6 +52,11 @@ class TrainLoopParams(Strict):
                                                            "A restarted worker resumes from the last one.")
     logging_steps: int = Field(5, ge=1, description="Log loss / lr / speed every N steps.")
     lora: LoraParams | None = Field(None, description="Train a LoRA adapter instead of all weights.")
+    extend_vocab: VocabExtension | None = Field(
+        VocabExtension(), description="Add the training text's words that the tokenizer can only encode as [UNK] "
+                                      "(e.g. most Chinese characters for the English MiniLM) as new tokens before "
+                                      "training; null turns it off. Tokenizers without [UNK] (byte-level BPE) "
+                                      "add nothing.")
 
     @model_validator(mode="after")
     def _save_with_eval(self):
@@ -94,3 +101,16 @@ def apply_lora(module, lora: LoraParams, task_type: str | None = None, modules_t
     trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in peft_model.parameters())
     return peft_model, trainable, total
+
+
+def extend_vocab_for(params: TrainLoopParams, tokenizer, model, texts, seed: int, log) -> int:
+    """Apply ``params.extend_vocab`` (see components/vocab.py) and log what it added."""
+    if params.extend_vocab is None:
+        return 0
+    from .vocab import extend_vocabulary
+
+    added = extend_vocabulary(tokenizer, model, texts, params.extend_vocab, seed=seed)
+    if added:
+        log(f"vocabulary: +{added} tokens for words the tokenizer could only encode as [UNK] "
+            f"(min_freq {params.extend_vocab.min_freq}; extend_vocab: null turns this off)")
+    return added

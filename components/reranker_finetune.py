@@ -19,7 +19,8 @@ from pydantic import Field, model_validator
 
 from orchestrator.api import Artifact, Input, ModelRef, RunContext, component, read_jsonl
 
-from .finetune_common import TrainLoopParams, apply_lora, precision_flags, schedule, steps_per_run
+from .finetune_common import (TrainLoopParams, apply_lora, extend_vocab_for, precision_flags, schedule,
+                              steps_per_run)
 
 POINTWISE = ("bce", "mse")
 LISTWISE = ("lambda", "listnet", "ranknet")
@@ -45,6 +46,10 @@ class RerankerFinetuneParams(TrainLoopParams):
     rerank_top_k: int = Field(20, ge=2, le=1000, description="Dev evaluation: candidates reranked per query.")
     eval_k: int = Field(10, ge=1, description="Dev evaluation: MRR@k and nDCG@k cut-off.")
     eval_max_queries: int | None = Field(None, ge=1, description="Evaluate on at most this many dev queries.")
+    fusion: bool = Field(True, description="After training, choose on the dev queries the weight w of "
+                                           "w * rerank + (1 - w) * first-stage score (min-max per query; w = 1: "
+                                           "the reranker alone) and save it as fusion.json next to the model, "
+                                           "where evaluate and serving apply it. Needs the `dev` input.")
     warm_start: bool = Field(False, description="Start from the connected `retriever` embedder's encoder (already "
                                                 "tuned to this domain, with a new 1-logit head) instead of `model`.")
     seed: int | None = Field(None, description="Overrides the recipe's seed for this node.")
@@ -66,7 +71,8 @@ class RerankerFinetuneParams(TrainLoopParams):
         "train": Input("labeled_pairs", "ntuples", "triplets", "pairs",
                        description="(query, doc, label) pairs, n-tuples or triplets with negatives, or plain pairs "
                                    "(then random_negatives > 0 and a corpus are needed)"),
-        "corpus": Input("corpus", optional=True, description="source of random negatives"),
+        "corpus": Input("corpus", optional=True, description="source of random negatives and of extend_vocab's "
+                                                             "new tokens"),
         "dev": Input("ir_eval_set", optional=True, description="BEIR folder: rerank evaluation during training"),
         "retriever": Input("embedding_model", optional=True,
                            description="first stage of the dev evaluation (default: `first_stage`)"),
@@ -113,8 +119,18 @@ def reranker_finetune(params: RerankerFinetuneParams, inputs: dict[str, Artifact
         ctx.log(f"warm start from the embedder's encoder ({start})")
     model = CrossEncoder(start, num_labels=1,
                          max_length=params.max_seq_length, device="cuda" if ctx.num_gpus else "cpu")
+    texts = [text for q, g in groups.items() for text in (q, *g["pos"], *g["neg"], *g["random"])]
+    if inputs.get("corpus") is not None and params.extend_vocab is not None:
+        from .retrieval import passage_text
+
+        texts += [passage_text(r) for r in read_jsonl(inputs["corpus"].main_file)]
+    added = extend_vocab_for(params, model.tokenizer, model.model, texts, seed, ctx.log)
     if params.lora is not None:
-        model.model, trainable, n_params = apply_lora(model.model, params.lora, task_type="SEQ_CLS")
+        from .vocab import input_embedding_name
+
+        model.model, trainable, n_params = apply_lora(
+            model.model, params.lora, task_type="SEQ_CLS",
+            modules_to_save=[input_embedding_name(model.model)] if added else None)
         ctx.log(f"LoRA r={params.lora.r}: {trainable:,} trainable of {n_params:,} parameters")
     loss = build_loss(model, params)
 
@@ -158,13 +174,34 @@ def reranker_finetune(params: RerankerFinetuneParams, inputs: dict[str, Artifact
     model.save_pretrained(str(target), safe_serialization=True)
     (target / "orch_eval.json").write_text(json.dumps({"base": {f"dev/{k}": v for k, v in base.items()},
                                                        "final": final}, indent=2))
+    fusion = {}
+    if params.fusion and evaluator is not None:
+        fusion = tune_fusion(model, evaluator, params, target, ctx)
     summary = {"train_loss": float(out.training_loss), "steps": trainer.state.global_step, "examples": len(dataset),
                "train_seconds": round(train_s, 1), "workers": world, "global_batch": per_worker * world,
                **{k: v for k, v in stats.items() if k != "queries_without_negative_ids"}, **peak_memory_gb(),
                **{k: v for k, v in final.items() if "@" in k},
-               **{f"base_dev/{k}": v for k, v in base.items() if "@" in k and not k.startswith("first_stage")}}
+               **{f"base_dev/{k}": v for k, v in base.items() if "@" in k and not k.startswith("first_stage")},
+               **fusion}
     ctx.set_summary(summary)
     ctx.log("final dev: " + _fmt({k.removeprefix("dev/"): v for k, v in final.items()}))
+
+
+def tune_fusion(model, evaluator, params: RerankerFinetuneParams, target: Path, ctx) -> dict[str, float]:
+    """Choose and save the two-stage fusion weight on the dev candidates (see components/fusion.py)."""
+    from .fusion import choose_weight, save_fusion
+
+    samples, first = evaluator.samples, evaluator.first_stage_scores
+    rerank = [[float(x) for x in model.predict([(s["query"], d) for d in s["documents"]], batch_size=64,
+                                               show_progress_bar=False)] if s["documents"] else []
+              for s in samples]
+    relevant = [{i for i, d in enumerate(s["documents"]) if d in set(s["positive"])} for s in samples]
+    weight, by_weight = choose_weight(first, rerank, relevant, params.eval_k)
+    save_fusion(target, weight, by_weight, k=params.eval_k, queries=len(samples))
+    k = params.eval_k
+    ctx.log(f"fusion weight on {len(samples)} dev queries: w={weight} (dev MRR@{k}: first stage "
+            f"{by_weight[0.0]:.3f}, reranker alone {by_weight[1.0]:.3f}, fused {by_weight[weight]:.3f})")
+    return {"fusion_weight": weight, f"dev/fused_mrr@{k}": by_weight[weight]}
 
 
 def encoder_folder(st_folder: Path) -> str:
@@ -299,7 +336,8 @@ def build_loss(model, params: RerankerFinetuneParams):
 
 
 def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: RerankerFinetuneParams, ctx):
-    """[(query, [positive texts], [candidate texts in first-stage order])] for the dev queries."""
+    """Dev samples {query, positive: [texts], documents: [candidates in first-stage order]}, and the
+    first stage's scores of those candidates."""
     from .retrieval import load_ir_set
     from .retrieval import BM25Retriever, DenseRetriever, load_model
 
@@ -313,17 +351,18 @@ def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: Re
     r.index(ids, [corpus[i] for i in ids])
     qids = list(queries)
     hits = r.search([queries[q] for q in qids], params.rerank_top_k)
-    samples = []
+    samples, scores = [], []
     for q, h in zip(qids, hits):
         samples.append({"query": queries[q], "positive": [corpus[d] for d in qrels[q] if d in corpus],
                         "documents": [corpus[d] for d, _ in h]})
-    return samples
+        scores.append([float(s) for _, s in h])
+    return samples, scores
 
 
 def rerank_evaluator(dev: Artifact, retriever: Artifact | None, params: RerankerFinetuneParams, ctx):
     from sentence_transformers.cross_encoder.evaluation import CrossEncoderRerankingEvaluator
 
-    samples = first_stage_candidates(dev, retriever, params, ctx)
+    samples, first_scores = first_stage_candidates(dev, retriever, params, ctx)
     inner = CrossEncoderRerankingEvaluator(samples, at_k=params.eval_k, always_rerank_positives=False, name="dev",
                                            write_csv=False, batch_size=64)
 
@@ -336,6 +375,7 @@ def rerank_evaluator(dev: Artifact, retriever: Artifact | None, params: Reranker
             super().__init__()
             self.primary_metric = f"ndcg@{params.eval_k}"
             self.greater_is_better = True
+            self.samples, self.first_stage_scores = samples, first_scores
 
         def __call__(self, model, output_path=None, epoch=-1, steps=-1):
             raw = inner(model, output_path=None, epoch=epoch, steps=steps)

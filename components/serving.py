@@ -29,6 +29,7 @@ class Hit:
     text: str
     dense_score: float
     rerank_score: float | None = None
+    score: float | None = None  # what the ranking used: fused (see components/fusion.py), rerank or dense
 
 
 @dataclass
@@ -64,10 +65,14 @@ class RagPipeline:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, self.dense.doc_embeddings)
         self.reranker = None
+        self.fusion_weight: float | None = None
         if reranker:
             from sentence_transformers import CrossEncoder
 
             self.reranker = CrossEncoder(str(reranker), device=device)
+            from .fusion import load_fusion_weight
+
+            self.fusion_weight = load_fusion_weight(reranker)
         self.adapter = Path(adapter) if adapter else None
         self._generator = None
         self.timings = Timings()
@@ -90,23 +95,30 @@ class RagPipeline:
 
     # -- retrieval -----------------------------------------------------------------------------
     def search(self, query: str, k: int = 5, *, candidates: int = 20) -> list[Hit]:
-        """Dense recall of ``candidates`` passages, then (with a reranker) cross-encoder reranking to ``k``."""
+        """Dense recall of ``candidates`` passages, then (with a reranker) cross-encoder reranking to ``k``.
+
+        With the ``fusion.json`` a reranker_finetune node saves, the ranking uses the dev-tuned mix of
+        both scores (``Hit.score``); ``Hit.rerank_score`` is always the cross-encoder's own score.
+        """
         t0 = time.perf_counter()
         q = self.dense.embed_queries([query])
         t1 = time.perf_counter()
         hits = self.dense.search_embeddings(q, max(k, candidates) if self.reranker else k)[0]
         t2 = time.perf_counter()
         self.timings.encode_ms, self.timings.search_ms = 1000 * (t1 - t0), 1000 * (t2 - t1)
-        out = [Hit(i + 1, d, self.by_id[d].get("title", ""), self.by_id[d]["text"], float(s))
+        out = [Hit(i + 1, d, self.by_id[d].get("title", ""), self.by_id[d]["text"], float(s), score=float(s))
                for i, (d, s) in enumerate(hits)]
         if self.reranker is None:
             return out[:k]
+        from .fusion import fuse
         from .retrieval import passage_text
 
         scores = self.rerank_scores(query, [passage_text(self.by_id[h.doc_id]) for h in out])
-        for h, s in zip(out, scores):
-            h.rerank_score = s
-        out.sort(key=lambda h: -(h.rerank_score or 0.0))
+        final = scores if self.fusion_weight is None else fuse([h.dense_score for h in out], scores,
+                                                                 self.fusion_weight)
+        for h, s, f in zip(out, scores, final):
+            h.rerank_score, h.score = s, f
+        out.sort(key=lambda h: -(h.score or 0.0))
         for i, h in enumerate(out):
             h.rank = i + 1
         return out[:k]
