@@ -17,7 +17,9 @@ Each mode runs in its own subprocess (clean CUDA allocator statistics):
   (loaded weights included, load-time transients not); tokens/s = batch x seq x steps / time.
 
 The estimate column is ``components.lora_sft.estimate_memory`` for the same params (what
-``orch plan`` shows). Results are printed as a table and written as JSON with --out.
+``orch plan`` shows): the GPU estimate with --device cuda; with --device cpu the CPU one (fp32 base),
+set against the process's peak RSS (which also counts the Python and torch runtime).
+Results are printed as a table and written as JSON with --out.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def lora_params(folder: Path, mode: str, args):
 
     return LoraSftParams(model=str(folder), max_length=args.seq, per_device_batch_size=args.batch,
                          gradient_checkpointing=not args.no_grad_ckpt,
-                         quantization={"mode": "4bit" if mode == "qlora" else "none", "compute_dtype": "bfloat16"},
+                         quantization={"mode": "4bit" if mode == "qlora" else "none",
+                                       "compute_dtype": "bfloat16" if args.device == "cuda" else "float32"},
                          lora={"r": args.r, "alpha": 2 * args.r, "dropout": 0.05, "target_modules": "all-linear"})
 
 
@@ -158,6 +161,10 @@ def main() -> int:
               "memory; run it on a machine with an NVIDIA GPU (about 20 GiB free for the default 8B shape), or "
               "pass --tiny --device cpu for a smoke test of the script.", file=sys.stderr)
         return 2
+    if args.device == "cpu" and not args.tiny:
+        print("sft_memory: --device cpu is a smoke test of the script and needs --tiny (the 8B shape would need "
+              "~34 GiB of RAM in fp32 (orch plan's estimate) and a very long time per step on a CPU).", file=sys.stderr)
+        return 2
     shape = TINY if args.tiny else QWEN3_8B
     folder = args.workdir / ("qwen3-tiny" if args.tiny else "qwen3-8b-shape")
 
@@ -171,10 +178,12 @@ def main() -> int:
     from components.lora_sft import estimate_memory
     from orchestrator.recipe.schema import Resources
 
-    gpu = Resources(workers=1, gpus_per_worker=1)
+    # the estimate for the device measured: GPU (bf16 base) or CPU (fp32 base, fp32 training, `cpu_memory_gb`)
+    res = Resources(workers=1, gpus_per_worker=1) if args.device == "cuda" else Resources()
+    est_key = "gpu_memory_gb" if args.device == "cuda" else "cpu_memory_gb"
     rows = []
     for mode in [m.strip() for m in args.modes.split(",") if m.strip()]:
-        est = estimate_memory(lora_params(folder, mode, args), gpu)
+        est = estimate_memory(lora_params(folder, mode, args), res)
         cmd = [sys.executable, __file__, "--child", mode] + [a for a in sys.argv[1:] if a != "--child"]
         print(f"running {mode} ...", flush=True)
         proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -182,10 +191,10 @@ def main() -> int:
         if proc.returncode != 0 or not lines:
             print(f"{mode} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}", file=sys.stderr)
             rows.append({"mode": mode, "error": proc.stderr.strip().splitlines()[-1:] or ["?"],
-                         "estimate_gib": est and est.get("gpu_memory_gb")})
+                         "estimate_gib": est and est.get(est_key)})
             continue
         result = json.loads(lines[-1][len("RESULT "):])
-        result["estimate_gib"] = est["gpu_memory_gb"] if est else None
+        result["estimate_gib"] = est[est_key] if est else None
         result["estimate_detail"] = est["detail"] if est else None
         rows.append(result)
 

@@ -13,7 +13,9 @@ What it does, in order:
    dropped) and counted in the log and the summary, never silently;
 2. loads the base model (optionally 4-bit NF4 / 8-bit with bitsandbytes), wraps it in LoRA and
    trains with the Trainer (checkpoints every ``save_steps``, reported to Ray Train through
-   ``ctx.report``; a restarted worker resumes from the last one);
+   ``ctx.report``; a restarted worker group resumes from the last one: adapter, optimizer, LR
+   schedule, RNG states, data position and the base model's dev scores; the summary's
+   ``resumed_from_step`` says from where, 0 for an uninterrupted run);
 3. on rank 0, generates for ``eval_samples`` dev prompts with the adapter disabled (before) and
    enabled (after) and writes ``samples.jsonl`` into the adapter folder; with references it scores
    exact match and token F1 (classification: accuracy and macro-F1);
@@ -282,7 +284,7 @@ def lora_sft(params: LoraSftParams, inputs: dict[str, Artifact], ctx: RunContext
     dropped and counted. Rank 0 answers ``eval_samples`` dev prompts with the base model (adapter
     disabled) and the tuned one, writes them to adapter/samples.jsonl and scores them (exact match
     and token F1, or accuracy and macro-F1 for classification). Checkpoints every ``save_steps`` go
-    to Ray Train; a restarted worker resumes from the last one.
+    to Ray Train; a restarted worker resumes from the last one (``resumed_from_step`` in the summary).
     """
     import torch
 
@@ -328,16 +330,23 @@ def lora_sft(params: LoraSftParams, inputs: dict[str, Artifact], ctx: RunContext
                 f"{trainable:,} trainable of {total:,} parameters ({100 * trainable / max(total, 1):.3f}%); "
                 f"{precision}")
 
-    trainer, total_steps = _make_trainer(params, ctx, peft_model, tokenizer, train_rows, dev_rows, data,
-                                         seed, tokens_per_sample, make_callback, bf16, fp16)
-    resume = resume_checkpoint(ctx)
     eval_before: dict[str, float] = {}
-    if dev_rows and resume is None:
-        eval_before = trainer.evaluate()
+    trainer, total_steps = _make_trainer(params, ctx, peft_model, tokenizer, train_rows, dev_rows, data,
+                                         seed, tokens_per_sample, make_callback, bf16, fp16, eval_before)
+    resume = resume_checkpoint(ctx)
+    resumed_from = _start_step(resume)
+    if resume is not None:
+        # the base model's dev scores travel with every checkpoint (_BaselineCallback): a resumed run
+        # still reports its before/after comparison without evaluating the tuned adapter as "before"
+        eval_before.update(_read_baseline(resume))
+    elif dev_rows:
+        eval_before.update(trainer.evaluate())
     if main:
         ctx.log(f"training {total_steps} steps ({params.per_device_batch_size} x {params.grad_accum} accum x "
-                f"{ctx.world_size} workers per step), ~{tokens_per_sample:.0f} tokens/example"
-                + (f"; resuming from {resume}" if resume else ""))
+                f"{ctx.world_size} workers per step), ~{tokens_per_sample:.0f} tokens/example")
+        if resume:
+            ctx.log(f"resumed from step {resumed_from} of {total_steps}: checkpoint {resume} (adapter, optimizer, "
+                    f"scheduler, RNG and data position restored)")
     t0 = time.time()
     result = trainer.train(resume_from_checkpoint=resume)
     train_seconds = time.time() - t0
@@ -360,7 +369,8 @@ def lora_sft(params: LoraSftParams, inputs: dict[str, Artifact], ctx: RunContext
         "steps": trainer.state.global_step,
         "train_loss": float(result.metrics.get("train_loss", float("nan"))),
         "train_seconds": round(train_seconds, 1),
-        "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step - _start_step(resume)), 3),
+        "seconds_per_step": round(train_seconds / max(1, trainer.state.global_step - resumed_from), 3),
+        "resumed_from_step": resumed_from,  # 0: trained from the start; N: restarted from checkpoint-N
         "quantization": params.quantization.mode,
     }
     losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
@@ -772,7 +782,7 @@ class _ListDataset:
 
 
 def _make_trainer(params, ctx, model, tokenizer, train_rows, dev_rows, data: SftData, seed, tokens_per_sample,
-                  make_callback, bf16: bool, fp16: bool):
+                  make_callback, bf16: bool, fp16: bool, baseline: dict[str, float] | None = None):
     from transformers import (DataCollatorForSeq2Seq, DataCollatorWithFlattening, DataCollatorWithPadding, Trainer,
                               TrainingArguments)
 
@@ -809,8 +819,34 @@ def _make_trainer(params, ctx, model, tokenizer, train_rows, dev_rows, data: Sft
     trainer = Trainer(model=model, args=args, data_collator=collator, train_dataset=_ListDataset(train_rows),
                       eval_dataset=_ListDataset(dev_rows) if dev_rows else None, processing_class=tokenizer,
                       compute_metrics=compute_metrics,
-                      callbacks=[make_callback(ctx, tokens_per_sample=tokens_per_sample)])
+                      callbacks=[_baseline_callback(ctx, baseline if baseline is not None else {}),
+                                 make_callback(ctx, tokens_per_sample=tokens_per_sample)])
     return trainer, total_steps
+
+
+BASELINE_FILE = "orch_eval_before.json"
+
+
+def _baseline_callback(ctx, baseline: dict[str, float]):
+    """Writes the base model's dev scores (``baseline``, filled after the Trainer is built) into every
+    checkpoint on rank 0. Listed before OrchCallback, whose on_save hands the checkpoint to Ray Train."""
+    from transformers import TrainerCallback
+
+    class _BaselineCallback(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if ctx.world_rank == 0 and folder.is_dir():
+                (folder / BASELINE_FILE).write_text(json.dumps({k: float(v) for k, v in baseline.items()
+                                                                if isinstance(v, (int, float))}))
+
+    return _BaselineCallback()
+
+
+def _read_baseline(checkpoint: str) -> dict[str, float]:
+    try:
+        return {k: float(v) for k, v in json.loads((Path(checkpoint) / BASELINE_FILE).read_text()).items()}
+    except (OSError, ValueError, AttributeError):
+        return {}
 
 
 class _FlattenCollator:

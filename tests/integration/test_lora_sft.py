@@ -2,6 +2,8 @@
 
 - tiny-qwen3 (random weights, Qwen's real tokenizer) exercises the mechanics quickly: chat template,
   prompt masking, truncation, packing, adapter save/reload, merged export, classification, QLoRA;
+- resuming from a checkpoint is exact (in-process), and a 2-worker `orch run` survives a SIGKILLed worker by
+  resuming from Ray Train's last checkpoint;
 - SmolLM2-135M-Instruct (slow) shows that LoRA learns: loss drops and EM/F1 on held-out prompts rise;
 - the memory estimate is checked on a Qwen3-8B-shaped config.json (no weights), also through `orch plan`.
 
@@ -56,8 +58,10 @@ def _alpaca(n: int, offset: int = 0) -> list[dict]:
     return json.loads(ALPACA.read_text(encoding="utf-8"))[offset: offset + n]
 
 
-def _run(tmp_path: Path, params: dict, train: list[dict], dev: list[dict] | None = None, kind: str = "sft"):
-    """Run lora_sft in-process (world size 1); returns (entry folder, summary)."""
+def _run(tmp_path: Path, params: dict, train: list[dict], dev: list[dict] | None = None, kind: str = "sft",
+         checkpoint: Path | None = None):
+    """Run lora_sft in-process (world size 1); returns (entry folder, summary). ``checkpoint`` plays the part of
+    Ray Train's latest checkpoint (``ctx.latest_checkpoint()``) after a restart."""
     from components.lora_sft import LoraSftParams, lora_sft
 
     name = "sft.jsonl" if kind == "sft" else "text_label.jsonl"
@@ -67,7 +71,8 @@ def _run(tmp_path: Path, params: dict, train: list[dict], dev: list[dict] | None
         write_jsonl(tmp_path / "data" / "dev" / name, dev)
         inputs["dev"] = Artifact(kind, tmp_path / "data" / "dev", "test:dev")
     entry = tmp_path / "entry"
-    ctx = NodeContext(node="sft", entry_dir=entry, recipe_dir=tmp_path, seed=0)
+    ctx = NodeContext(node="sft", entry_dir=entry, recipe_dir=tmp_path, seed=0,
+                      checkpoint_fn=(lambda: checkpoint) if checkpoint is not None else None)
     try:
         lora_sft(LoraSftParams.model_validate(params), inputs, ctx)
     finally:
@@ -283,6 +288,40 @@ def test_lora_sft_tiny_qwen3_adapter_reloads_and_reproduces(tmp_path, tiny):
     assert torch.allclose(after, merged, atol=1e-4)  # the merged export is the tuned model
 
 
+def test_lora_sft_resume_from_a_checkpoint_is_exact(tmp_path):
+    """Restarted from checkpoint-3 of a 6-step run, training ends exactly where the uninterrupted run ends:
+    adapter, AdamW moments, LR schedule, RNG (LoRA dropout) and data position (across an epoch boundary:
+    8 records / batch 2 = 4 steps per epoch) all come back; the base model's dev loss travels with the checkpoint."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file
+
+    train, dev = _alpaca(8), _alpaca(3, offset=8)
+    params = {"model": "tiny-qwen3", "max_steps": 6, "save_steps": 3, "eval_steps": 3, "max_length": 64,
+              "per_device_batch_size": 2, "lr": 5e-3, "warmup_ratio": 0.2, "logging_steps": 1, "eval_samples": 0,
+              "lora": {"r": 4, "alpha": 8, "dropout": 0.1}}
+    full, s_full = _run(tmp_path / "full", params, train, dev)
+    assert s_full["resumed_from_step"] == 0 and s_full["steps"] == 6
+    # what Ray Train hands a restarted worker group: its own copy of the last reported checkpoint
+    ckpt = tmp_path / "ray" / "checkpoint_000000"
+    shutil.copytree(full / "work" / "checkpoints" / "checkpoint-3", ckpt)
+    resumed, s_res = _run(tmp_path / "resumed", params, train, dev, checkpoint=ckpt)
+
+    assert s_res["resumed_from_step"] == 3 and s_res["steps"] == 6
+    assert "resumed from step 3 of 6" in (resumed / "log.txt").read_text()
+    assert s_res["eval_loss_before"] == s_full["eval_loss_before"]  # from the checkpoint, not re-measured
+    assert s_res["eval_loss_after"] == pytest.approx(s_full["eval_loss_after"], rel=1e-5)
+    a = load_file(full / "outputs" / "adapter" / "adapter_model.safetensors")
+    b = load_file(resumed / "outputs" / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys() and a
+    for name in a:
+        assert torch.allclose(a[name], b[name], rtol=1e-4, atol=1e-6), name
+    # the resumed run trained steps 4-6 only, and logged them as such
+    steps = [row["step"] for row in read_jsonl(resumed / "metrics.jsonl") if "train/loss" in row]
+    assert steps and min(steps) == 4 and max(steps) == 6
+
+
 def test_lora_sft_packing_run(tmp_path):
     _, summary = _run(tmp_path, {"model": "tiny-qwen3", "max_steps": 2, "max_length": 128, "packing": True,
                                  "per_device_batch_size": 4, "eval_samples": 0}, _alpaca(8))
@@ -321,6 +360,102 @@ def test_qa_scores_cjk_and_classification_scores():
     assert _match_label("Pos.", ["neg", "pos"]) == "pos" and _match_label("it is neg", ["neg", "pos"]) == "neg"
     scores = classification_scores(["a", "a", "b", "b"], ["a", "b", "b", "b"], ["a", "b"])
     assert scores["accuracy"] == 0.75 and scores["macro_f1"] == pytest.approx((2 / 3 + 0.8) / 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# (b2) as a 2-worker Ray Train job, surviving a killed worker
+# ---------------------------------------------------------------------------------------------
+
+KILL_RECIPE = f"""
+name: sft_kill
+seed: 3
+components:
+  prep:
+    kind: sft_data_prep
+    params: {{source: {ALPACA}}}
+  sft:
+    kind: lora_sft
+    inputs: {{train: prep.train, dev: prep.dev}}
+    params: {{model: tiny-qwen3, max_steps: 12, save_steps: 3, eval_steps: 6, max_length: 64,
+             per_device_batch_size: 2, lr: 5.0e-3, logging_steps: 1, eval_samples: 2, max_new_tokens: 4}}
+    resources: {{workers: 2, cpus_per_worker: 1, max_failures: 2}}
+"""
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_lora_sft_two_workers_resume_after_a_killed_worker(orch, write_recipe, tmp_path):
+    """`orch run` of a 2-worker lora_sft; rank 1's process is SIGKILLed once Ray Train has recorded the first
+    checkpoint. Ray Train restarts the worker group, lora_sft resumes from that checkpoint (not step 0), the run
+    finishes, and the adapter loads with PeftModel.from_pretrained."""
+    import os
+    import re
+    import signal
+    import threading
+    import time
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoTokenizer
+
+    from components.models import load_causal_lm
+
+    path = write_recipe(KILL_RECIPE)
+    cache = tmp_path / "runs" / "cache" / "lora_sft"
+    killed: dict[str, object] = {}
+
+    def killer():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            entries = list(cache.iterdir()) if cache.exists() else []
+            log = entries[0] / "log.txt" if entries else None
+            ckpts = list((entries[0] / "work" / "ray").glob("*/checkpoint_manager_snapshot.json")) if entries else []
+            if log and log.exists() and ckpts:
+                pids = re.findall(r"worker 1/2 pid (\d+)", log.read_text())
+                if pids:
+                    os.kill(int(pids[-1]), signal.SIGKILL)
+                    killed["pid"], killed["at"] = int(pids[-1]), time.time()
+                    return
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    started = time.time()
+    code, out = orch("run", path)
+    thread.join(timeout=5)
+    assert code == 0, out
+    assert killed, "the test never found a checkpoint and a worker to kill"
+    entry = next(cache.iterdir())
+    log = (entry / "log.txt").read_text()
+    assert len(re.findall(r"worker 0/2 pid \d+", log)) == 2, log[-3000:]  # the worker group was restarted once
+    resumed = re.findall(r"resumed from step (\d+) of 12", log)
+    summary = json.loads((entry / "metrics.json").read_text())
+    assert summary["steps"] == 12 and resumed, log[-3000:]
+    # restarted from a checkpoint (every 3 steps), not from step 0, and only the rest was trained again
+    assert summary["resumed_from_step"] == int(resumed[-1]) and summary["resumed_from_step"] in (3, 6, 9), summary
+    assert "eval_loss_before" in summary and "eval_loss_after" in summary  # the baseline came with the checkpoint
+    logged = [row["step"] for row in read_jsonl(entry / "metrics.jsonl") if "train/loss" in row]
+    assert logged[-1] == 12 and summary["resumed_from_step"] + 1 in logged
+    # both ranks' RNG states reached the checkpoint Ray Train kept
+    kept = sorted(p for p in (entry / "work" / "ray").glob("train/checkpoint_*") if p.is_dir())
+    assert kept and all((k / "rng_state_0.pth").is_file() and (k / "rng_state_1.pth").is_file() for k in kept), kept
+
+    adapter = entry / "outputs" / "adapter"
+    tuned = PeftModel.from_pretrained(load_causal_lm("tiny-qwen3"), str(adapter))
+    tuned.eval()
+    tok = AutoTokenizer.from_pretrained(adapter)  # saved with the adapter
+    ids = tok.apply_chat_template([{"role": "user", "content": "你好"}], add_generation_prompt=True,
+                                  return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        after = tuned(**ids).logits
+        with tuned.disable_adapter():
+            before = tuned(**ids).logits
+    assert (after - before).abs().max() > 1e-3
+    print(f"\nlora_sft, 2 workers, rank 1 killed at +{killed['at'] - started:.0f}s, resumed from step "
+          f"{summary['resumed_from_step']}; run {time.time() - started:.0f}s")
+
+    # Nothing changed: the next run reuses the adapter.
+    code, out = orch("run", path)
+    assert code == 0 and "2 cached" in out, out
 
 
 # ---------------------------------------------------------------------------------------------
