@@ -188,7 +188,8 @@ def embedding_table(folder: Path):
 # Methods (each runs in a child process)
 # ---------------------------------------------------------------------------------------------
 
-ORCH_COMMON = dict(negatives_per_query=3, rank_window=(3, 30), max_score_ratio=0.95, sampling="top")
+# extend_vocab off: the same model as sentence-transformers' side, so time and memory compare like for like.
+ORCH_COMMON = dict(negatives_per_query=3, rank_window=(3, 30), max_score_ratio=0.95, sampling="top", extend_vocab=None)
 
 
 def run_orch(folder: Path, synthetic: bool, **params) -> dict:

@@ -27,6 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from orchestrator.api import Artifact, Input, ModelRef, RunContext, component, read_jsonl
 
+from .vocab import VocabExtension
+
 __all__ = ["MiningParams", "MiningError", "hard_negative_mining"]
 
 
@@ -79,6 +81,10 @@ class MiningParams(BaseModel):
     ce_max_score: float | None = Field(
         None, description="With cross_encoder: drop a candidate whose cross-encoder score is >= this value. "
                           "Unset: drop it when it scores >= the query's lowest-scored positive.")
+    extend_vocab: VocabExtension | None = Field(
+        VocabExtension(), description="dense / hybrid: before indexing, give the corpus's words that the model's "
+                                      "tokenizer can only encode as [UNK] tokens of their own (seeded random "
+                                      "embeddings, see embed_finetune); null turns it off.")
     seed: int | None = Field(None, ge=0, description="Seed of the random choices; the recipe's seed when unset.")
     batch_size: int = Field(64, ge=1, description="Encoding batch size of the embedding model and cross-encoder.")
     query_batch: int = Field(4096, ge=1, description="Queries retrieved at a time (bounds memory: their hits and "
@@ -276,6 +282,14 @@ class Miner:
             from components.retrieval import load_model
 
             model = load_model(model_ref)
+            if p.extend_vocab is not None:
+                from components.vocab import extend_vocabulary
+
+                added = extend_vocabulary(model.tokenizer, model[0].auto_model,
+                                          [self.passage_text(d) for d in self.docs], p.extend_vocab, seed=self.seed)
+                if added:
+                    self.ctx.log(f"vocabulary: +{added} tokens for corpus words the tokenizer could only encode "
+                                 "as [UNK]")
             opts.update(query_prompt=p.query_prompt, passage_prompt=p.passage_prompt, index=p.dense_index,
                         batch_size=p.batch_size)
         if p.retriever == "hybrid":

@@ -309,3 +309,20 @@ def test_positive_outside_the_hits_is_scored(mine):
         {"query": "apple pie", "doc": "violins are string instruments played with a bow", "label": 1}]
     run = mine(pairs=pairs, rank_window=(1, 5), negatives_per_query=2, max_score_ratio=None)
     assert len(run.neg_ids("qv")) == 2
+
+
+def test_dense_mining_extends_the_vocabulary_for_unknown_words(mine):
+    """Every character below except 的/店 is [UNK] to MiniLM: as shipped, all passages embed alike and the
+    first ones in the corpus come out on top. With the default extend_vocab the corpus's unknown
+    characters get tokens, so the passages sharing a word with the query rank first."""
+    texts = {"c": "鲸鲨 蜗蚪 的 店", "d": "粽糕 蜗蚪 的 店", "e": "蜗蚪 鲸鲨 的 店",
+             "a": "烤鸭 粽糕 的 店", "b": "鲸鲨 馄饨 的 店", "pos": "烤鸭 馄饨 的 店"}
+    corpus = [{"_id": k, "title": "", "text": v} for k, v in texts.items()]
+    pairs = [{"query": "烤鸭 馄饨", "positive": texts["pos"], "query_id": "q", "positive_id": "pos"}]
+    params = dict(retriever="dense", rank_window=(1, 2), negatives_per_query=2, max_score_ratio=None)
+    run = mine(corpus=corpus, pairs=pairs, **params)
+    assert "vocabulary: +" in (run.entry / "log.txt").read_text(encoding="utf-8")
+    assert set(run.neg_ids("q")) == {"a", "b"}, run.by_query["q"]
+    plain = mine(corpus=corpus, pairs=pairs, extend_vocab=None, **params)
+    assert "vocabulary: +" not in (plain.entry / "log.txt").read_text(encoding="utf-8")
+    assert set(plain.neg_ids("q")) != {"a", "b"}, plain.by_query["q"]
