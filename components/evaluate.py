@@ -170,20 +170,18 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
     rerank_names: list[str] = []
     rerankers = inputs.get("rerankers") or []
     if rerankers and first_stage:
-        from sentence_transformers import CrossEncoder
-
-        from .fusion import fuse, load_fusion_weight
+        from .fusion import fuse
+        from .rerank import Reranker
 
         cand = runs[first_stage]
         for art in rerankers:
-            ce = CrossEncoder(str(art.path), device="cuda" if ctx.num_gpus else "cpu")
+            rr = Reranker.load(art.path, device="cuda" if ctx.num_gpus else "cpu")
             node = art.meta.get("node", art.path.name)
             alone, fused = [], []
-            weight = load_fusion_weight(art.path)
+            weight = rr.fusion_weight
             for qt, h in zip(qtexts, cand):
                 top = h[: params.rerank_top_n]
-                scores = [float(x) for x in ce.predict([(qt, corpus[d]) for d, _ in top], batch_size=64,
-                                                       show_progress_bar=False)] if top else []
+                scores = rr.scores(qt, [corpus[d] for d, _ in top])
                 alone.append(sorted(((d, s) for (d, _), s in zip(top, scores)), key=lambda x: -x[1]))
                 if weight is not None:
                     mixed = fuse([s for _, s in top], scores, weight)
@@ -199,8 +197,7 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
             n_lat = min(len(lat_q), len(cand))
             t0 = time.perf_counter()
             for qt, h in zip(lat_q[:n_lat], cand[:n_lat]):
-                ce.predict([(qt, corpus[d]) for d, _ in h[: params.rerank_top_n]], batch_size=64,
-                           show_progress_bar=False)
+                rr.scores(qt, [corpus[d] for d, _ in h[: params.rerank_top_n]])
             latency[name] = {**latency.get(first_stage, {}),
                              "rerank_ms": 1000 * (time.perf_counter() - t0) / max(1, n_lat)}
 

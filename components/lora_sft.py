@@ -962,7 +962,9 @@ def generate(model, tokenizer, prompts: list[str], params: LoraSftParams) -> lis
                                      num_beams=1, use_cache=True, pad_token_id=tokenizer.pad_token_id,
                                      eos_token_id=sorted(eos) or None)
             for row in gen[:, padded["input_ids"].shape[1]:]:
-                out.append(tokenizer.decode(row, skip_special_tokens=True).strip())
+                # A byte-level tokenizer cut at max_new_tokens can end inside a multi-byte character:
+                # drop the undecodable tail ("�") rather than show it.
+                out.append(tokenizer.decode(row, skip_special_tokens=True).rstrip("\ufffd").strip())
     finally:
         tokenizer.padding_side = side
     return out

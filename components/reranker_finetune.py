@@ -46,6 +46,12 @@ class RerankerFinetuneParams(TrainLoopParams):
     rerank_top_k: int = Field(20, ge=2, le=1000, description="Dev evaluation: candidates reranked per query.")
     eval_k: int = Field(10, ge=1, description="Dev evaluation: MRR@k and nDCG@k cut-off.")
     eval_max_queries: int | None = Field(None, ge=1, description="Evaluate on at most this many dev queries.")
+    passage_window: int | None = Field(None, ge=16, description="Characters of each passage the cross-encoder "
+                                                            "reads: its title plus the window of this many "
+                                                            "characters sharing the most words with the query, "
+                                                            "instead of the passage's start (cut at "
+                                                            "max_seq_length). Saved with the model; evaluate and "
+                                                            "serving apply it. null: the whole passage.")
     fusion: bool = Field(True, description="After training, choose on the dev queries the weight w of "
                                            "w * rerank + (1 - w) * first-stage score (min-max per query; w = 1: "
                                            "the reranker alone) and save it as fusion.json next to the model, "
@@ -172,6 +178,9 @@ def reranker_finetune(params: RerankerFinetuneParams, inputs: dict[str, Artifact
     if params.lora is not None and params.lora.export == "merged":
         model.model = model.model.merge_and_unload()
     model.save_pretrained(str(target), safe_serialization=True)
+    from .rerank import save_config
+
+    save_config(target, passage_window=params.passage_window)
     (target / "orch_eval.json").write_text(json.dumps({"base": {f"dev/{k}": v for k, v in base.items()},
                                                        "final": final}, indent=2))
     fusion = {}
@@ -276,6 +285,13 @@ def load_groups(art: Artifact, corpus: Artifact | None, params: RerankerFinetune
 def to_dataset(groups: dict[str, dict[str, Any]], params: RerankerFinetuneParams):
     from datasets import Dataset
 
+    from .rerank import windowed
+
+    if params.passage_window:  # what the model will read at inference: each query's best window
+        groups = {q: {"pos": dict(zip(windowed(q, list(g["pos"]), params.passage_window), g["pos"].values())),
+                      "neg": windowed(q, g["neg"], params.passage_window),
+                      "random": windowed(q, g["random"], params.passage_window)} for q, g in groups.items()}
+
     stats = {"queries": len(groups), "positives": sum(len(g["pos"]) for g in groups.values()),
              "hard_negatives": sum(len(g["neg"]) for g in groups.values()),
              "random_negatives": sum(len(g["random"]) for g in groups.values()),
@@ -353,8 +369,12 @@ def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: Re
     hits = r.search([queries[q] for q in qids], params.rerank_top_k)
     samples, scores = [], []
     for q, h in zip(qids, hits):
-        samples.append({"query": queries[q], "positive": [corpus[d] for d in qrels[q] if d in corpus],
-                        "documents": [corpus[d] for d, _ in h]})
+        from .rerank import windowed
+
+        samples.append({"query": queries[q],
+                        "positive": windowed(queries[q], [corpus[d] for d in qrels[q] if d in corpus],
+                                             params.passage_window),
+                        "documents": windowed(queries[q], [corpus[d] for d, _ in h], params.passage_window)})
         scores.append([float(s) for _, s in h])
     return samples, scores
 

@@ -67,12 +67,10 @@ class RagPipeline:
         self.reranker = None
         self.fusion_weight: float | None = None
         if reranker:
-            from sentence_transformers import CrossEncoder
+            from .rerank import Reranker
 
-            self.reranker = CrossEncoder(str(reranker), device=device)
-            from .fusion import load_fusion_weight
-
-            self.fusion_weight = load_fusion_weight(reranker)
+            self.reranker = Reranker.load(reranker, device=device)
+            self.fusion_weight = self.reranker.fusion_weight
         self.adapter = Path(adapter) if adapter else None
         self._generator = None
         self.timings = Timings()
@@ -127,9 +125,9 @@ class RagPipeline:
         if self.reranker is None:
             raise LookupError("no reranker: the run has no reranker_finetune node")
         t0 = time.perf_counter()
-        scores = self.reranker.predict([(query, d) for d in docs], batch_size=64, show_progress_bar=False)
+        scores = self.reranker.scores(query, docs)
         self.timings.rerank_ms = 1000 * (time.perf_counter() - t0)
-        return [float(s) for s in scores]
+        return scores
 
     def rerank(self, query: str, docs: list[str], top_k: int | None = None) -> list[tuple[int, float, str]]:
         """(index in docs, score, doc) best first."""
