@@ -7,6 +7,7 @@ transformers and answer in well under a second.
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -18,14 +19,19 @@ from rich.console import Console
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, rich_markup_mode=None, pretty_exceptions_enable=False,
                   help="orch: declarative training pipelines for RAG systems, on Ray.")
-console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False, soft_wrap=True)
+# Piped or logged output (CI, `| tee`, nohup) gets no terminal width: Rich would assume 80 columns and
+# cut the metric tables' numbers to "0.9…". Wide enough for them unless COLUMNS says otherwise.
+_WIDTH = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+console = Console(highlight=False, soft_wrap=True, width=_WIDTH)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True, width=_WIDTH)
 
 EXIT_INVALID = 2
 
 ProfileOpt = typer.Option(None, "--profile", "-p", help="Apply a profile defined in the recipe's `profiles:`.")
 SetOpt = typer.Option(None, "--set", "-s", help="Override a value: a.b.c=value (repeatable; YAML values).")
-StorageOpt = typer.Option(None, "--storage", help="Run store root (default: the recipe's `storage:`, else runs/).")
+StorageOpt = typer.Option(None, "--storage", help="Run store: a path or a bucket URI such as s3://BUCKET/PREFIX "
+                                                  "(default: the recipe's `storage:`, else runs/).")
+StoreOpt = typer.Option("runs/", "--storage", help="Run store: a path or a bucket URI such as s3://BUCKET/PREFIX.")
 
 
 def _load(recipe: Path, profile: Optional[str], sets: Optional[list[str]]):
@@ -105,6 +111,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
     p = _plan(r, store, force, only)
     run_id, run_dir = store.new_run(r.name)
     _write_run_files(r, p, run_dir)
+    store.push(run_dir / "recipe.resolved.yaml", run_dir / "plan.json")
     to_run = p.to_run
     console.print(f"run {r.name}/{run_id}: {len(to_run)} to run, "
                   f"{sum(1 for n in p.nodes.values() if n.action == 'cached')} cached  ({run_dir})")
@@ -154,7 +161,7 @@ def _write_run_files(r, p, run_dir: Path) -> None:
 
 
 @app.command("ls")
-def list_runs(storage: str = typer.Option("runs/", "--storage", help="Run store root."),
+def list_runs(storage: str = StoreOpt,
               limit: int = typer.Option(20, "--limit", "-n", help="Show the N most recent runs.")) -> None:
     """List runs, most recent last."""
     from .report_cli import print_runs
@@ -164,7 +171,7 @@ def list_runs(storage: str = typer.Option("runs/", "--storage", help="Run store 
 
 @app.command()
 def status(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="Run id, recipe/run-id, or recipe name (latest)."),
-           storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+           storage: str = StoreOpt) -> None:
     """Node states of a run (the latest by default)."""
     from .report_cli import print_status
 
@@ -174,11 +181,11 @@ def status(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="
 @app.command()
 def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe/run-id, or recipe name (latest)."),
          node: Optional[str] = typer.Argument(None, help="A node of the run: its metrics, artifacts and paths."),
-         storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+         storage: str = StoreOpt) -> None:
     """Metrics, artifacts and paths of a run or of one of its nodes."""
     from .report_cli import print_node, print_show
 
-    run_dir = _find_run(storage, run_ref)
+    run_dir = _find_run(storage, run_ref, entries=True)
     if node:
         print_node(console, run_dir, node)
     else:
@@ -188,11 +195,11 @@ def show(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe/
 @app.command()
 def compare(run_a: str = typer.Argument(..., metavar="RUN_A", help="Run id, recipe/run-id, or recipe name (latest)."),
             run_b: str = typer.Argument(..., metavar="RUN_B", help="The run to compare it with."),
-            storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+            storage: str = StoreOpt) -> None:
     """Two runs side by side: which nodes differ, their metrics and published tables (A -> B)."""
     from .report_cli import print_compare
 
-    print_compare(console, _find_run(storage, run_a), _find_run(storage, run_b))
+    print_compare(console, _find_run(storage, run_a, entries=True), _find_run(storage, run_b, entries=True))
 
 
 @app.command()
@@ -201,14 +208,14 @@ def query(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe
           k: int = typer.Option(5, "-k", help="Passages to show."),
           candidates: int = typer.Option(20, "--candidates", help="Dense candidates the reranker reorders."),
           answer: bool = typer.Option(True, "--answer/--no-answer", help="Also answer with the run's tuned LLM."),
-          storage: str = typer.Option("runs/", "--storage", help="Run store root.")) -> None:
+          storage: str = StoreOpt) -> None:
     """Ask a finished run: embedder recall -> reranker -> (LoRA-tuned) answer, with per-stage latency."""
     from rich.table import Table
 
     from components.serving import RagPipeline  # the built-in serving library (a component-side API)
     from .execute.progress import escape
 
-    run_dir = _find_run(storage, run_ref)
+    run_dir = _find_run(storage, run_ref, entries=True)
     try:
         rag = RagPipeline.from_run(run_dir)
     except LookupError as exc:
@@ -233,19 +240,21 @@ def query(run_ref: str = typer.Argument(..., metavar="RUN", help="Run id, recipe
 
 @app.command()
 def tensorboard(run_ref: Optional[str] = typer.Argument(None, metavar="[RUN]", help="Run (latest by default)."),
-                storage: str = typer.Option("runs/", "--storage", help="Run store root."),
+                storage: str = StoreOpt,
                 port: int = typer.Option(6006, "--port"), host: str = typer.Option("127.0.0.1", "--host"),
                 dry_run: bool = typer.Option(False, "--dry-run", help="Print the command instead of starting it.")) -> None:
     """Serve the run's TensorBoard logs (every node, every trial) and print the URL."""
     import subprocess
 
-    from .store import read_json
+    from .store import node_entry, read_json
 
-    run_dir = _find_run(storage, run_ref)
+    run_dir = _find_run(storage, run_ref, entries=True)
     status_ = read_json(run_dir / "status.json", {})
     specs = []
-    for name, n in (status_.get("nodes") or {}).items():
-        entry = Path(n["log"]).parent
+    for name in status_.get("nodes") or {}:
+        entry = node_entry(run_dir, name)
+        if entry is None:
+            continue
         if (entry / "tensorboard").is_dir():
             specs.append(f"{name}:{entry / 'tensorboard'}")
         for trial_tb in sorted(entry.glob("trials/*/tensorboard")):  # a sweep's trials, one run each
@@ -299,10 +308,10 @@ def components() -> None:
     print_components(console)
 
 
-def _find_run(storage: str, ref: Optional[str]) -> Path:
+def _find_run(storage: str, ref: Optional[str], entries: bool = False) -> Path:
     store = _store(storage)
     try:
-        return store.find_run(ref)
+        return store.find_run(ref, entries=entries)
     except LookupError as exc:
         err_console.print(f"error: {exc}")
         raise typer.Exit(1)

@@ -7,13 +7,15 @@ and can also be run in-process (tests, `orch` debugging) through the same class.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import math
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 
 @dataclass
@@ -65,6 +67,18 @@ class NodeContext:
             print(line, file=sys.stderr, flush=True)
         if self.progress_sink is not None and self.world_rank == 0:
             self.progress_sink({"node": self.node, "message": message})
+
+    @contextlib.contextmanager
+    def capture_warnings(self) -> Iterator[None]:
+        """While a component runs, Python logging warnings (and worse) also go to the node's log: a
+        worker's stderr is not shown by `orch run`, and warnings such as trust_remote_code must be seen."""
+        handler = _ContextLogHandler(self)
+        root = logging.getLogger()
+        root.addHandler(handler)
+        try:
+            yield
+        finally:
+            root.removeHandler(handler)
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         if self.world_rank != 0:
@@ -119,6 +133,24 @@ class NodeContext:
         state = dict(self.__dict__)
         state["_tb"] = None
         return state
+
+
+class _ContextLogHandler(logging.Handler):
+    def __init__(self, ctx: NodeContext) -> None:
+        super().__init__(logging.WARNING)
+        self.ctx = ctx
+        self.busy = False  # a warning raised while logging one is dropped, not looped on
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if self.busy:
+            return
+        self.busy = True
+        try:
+            self.ctx.log(f"{record.levelname.lower()} ({record.name}): {record.getMessage()}")
+        except Exception:  # logging must never break the component
+            pass
+        finally:
+            self.busy = False
 
 
 def _is_number(v: Any) -> bool:

@@ -10,7 +10,7 @@ from typing import Any
 from rich.table import Table
 
 from .execute.progress import escape, styled
-from .store import Store, read_json
+from .store import Store, node_entry, read_json
 
 ACTION_STYLE = {"cached": "dim green", "run": "bold yellow", "skip": "dim"}
 
@@ -134,8 +134,7 @@ def print_status(console, run_dir: Path) -> None:
 
 
 def _node_entry(run_dir: Path, node: str) -> Path | None:
-    info = read_json(run_dir / node / "node.json")
-    return Path(info["entry"]) if info else None
+    return node_entry(run_dir, node)
 
 
 def print_show(console, run_dir: Path) -> None:

@@ -26,6 +26,9 @@ RAY_ENV_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_TELEMETRY": "1",
 }
+# Environment variables a node job carries to its Ray workers (settings, never secrets; see NodeJob).
+# Per-machine settings (ORCH_STAGING_DIR, credentials) are not: each node has its own.
+FORWARDED_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ORCH_MODEL_CACHE", "HF_HOME")
 
 
 @dataclass
@@ -60,9 +63,11 @@ class Scheduler:
         self.console = console
         self.address = address
         self.result = RunResult(run_id, run_dir)
+        self._pushed: str | None = None  # what status.json said when last uploaded (remote store)
 
     # -- bookkeeping ------------------------------------------------------------------------
     def write_status(self, state: str) -> None:
+        """status.json, rewritten at every check; a remote store gets it when a state changed."""
         nodes = {}
         for name, p in self.plan.nodes.items():
             o = self.result.outcomes.get(name)
@@ -76,9 +81,14 @@ class Scheduler:
         write_json_atomic(self.run_dir / "status.json", {
             "recipe": self.plan.recipe.name, "run_id": self.run_id, "state": state,
             "recipe_file": str(self.plan.recipe.loaded.path), "profile": self.plan.recipe.loaded.profile,
-            "overrides": self.plan.recipe.loaded.overrides, "storage": str(self.store.root),
+            "overrides": self.plan.recipe.loaded.overrides, "storage": self.store.location,
             "updated": time.time(), "nodes": nodes,
         })
+        if self.store.remote is not None:
+            signature = repr((state, [(n["state"], n["error"]) for n in nodes.values()]))
+            if signature != self._pushed:
+                self.store.push(self.run_dir / "status.json")
+                self._pushed = signature
 
     def record_complete(self, name: str) -> None:
         p = self.plan.nodes[name]
@@ -142,7 +152,7 @@ class Scheduler:
                 ray.init(include_dashboard=True, log_to_driver=False, configure_logging=False,
                          dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1")
                 self.result.started_ray = True
-        check_storage_visible(self.store.root)
+        check_storage_visible(self.store)
 
     def _disconnect(self) -> None:
         if self.result.started_ray:
@@ -164,8 +174,8 @@ class Scheduler:
                               "key": f"{producer.key}:{ref.output}", "meta": {"node": ref.node, "output": ref.output}})
             inputs[inp] = items
         entry = self.store.prepare_entry(p.kind, p.key)
-        env = {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "ORCH_MODEL_CACHE", "HF_HOME")
-               if k in os.environ}
+        # Settings only, by name: secrets (tokens, bucket keys) come from the environment of each node.
+        env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         env.update({k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()})
         return NodeJob(
             node=name, kind=p.kind, key=p.key, params=node.params.model_dump(mode="json"), inputs=inputs,
@@ -173,6 +183,7 @@ class Scheduler:
             entry_dir=str(entry), store_root=str(self.store.root), recipe_dir=str(self.plan.recipe.recipe_dir),
             seed=self.plan.recipe.seed, resources=node.resources.model_dump(), parts=p.parts.to_json(),
             progress=board, env=env, module=node.spec.module,
+            remote=self.store.remote.uri if self.store.remote is not None else "",
         )
 
     def _submit(self, name: str, board):
@@ -247,16 +258,33 @@ class Scheduler:
                     o.state = "failed"
                     o.error = _error_line(exc)
                     view.set_state(name, "failed", o.error)
+                    self._fetch_log(Path(o.log))
+
+    def _fetch_log(self, log: Path) -> None:
+        """A failed node's log, when it ran on another machine than this one's mirror (remote store)."""
+        if self.store.remote is None or log.exists():
+            return
+        try:
+            self.store.remote.download_file(self.store.rel(log), log)
+        except Exception:  # best effort: the error line is already shown
+            pass
 
 
 class StorageNotShared(RuntimeError):
     pass
 
 
-def check_storage_visible(root: Path) -> None:
-    """On a multi-node cluster, every node must see the run store at the same path."""
+def check_storage_visible(store: Store | Path) -> None:
+    """On a multi-node cluster, every node must see the run store at the same path. A remote store
+    (s3://, gs://) is reached by every node through its URI: nothing to check here."""
     import secrets
 
+    if isinstance(store, Store):
+        if store.remote is not None:
+            return
+        root = store.root
+    else:
+        root = Path(store)
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -278,7 +306,8 @@ def check_storage_visible(root: Path) -> None:
         raise StorageNotShared(
             f"storage {root} is not visible from node(s) {', '.join(sorted(missing))}: on a multi-node cluster "
             "the run store must be shared. Give `storage:` (or --storage) a path on a shared mount (NFS, "
-            "s3fs/gcsfuse) that every node sees at the same path.")
+            "s3fs/gcsfuse) that every node sees at the same path, or a bucket URI (s3://BUCKET/PREFIX, "
+            "gs://BUCKET/PREFIX).")
 
 
 def _path_exists(path: str) -> bool:

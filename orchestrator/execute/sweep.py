@@ -21,8 +21,8 @@ from typing import Any
 
 from ..recipe.search_space import SweepSpec, set_dotted, to_tune_space
 from ..store import write_json_atomic
-from .job import NodeJob, append_failure, finish
-from .train import build_trainer
+from .job import NodeJob, append_failure, finish, localize, push_log
+from .train import build_trainer, remote_storage
 
 TUNE_RUN_NAME = "sweep"
 
@@ -68,15 +68,19 @@ def trial_params(base: dict[str, Any], sampled: dict[str, Any]) -> dict[str, Any
 
 def run_sweep_job(job: NodeJob, sweep_json: dict[str, Any]) -> dict[str, Any]:
     """Body of the CPU-less Ray task that drives a swept training node."""
+    import ray
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     os.environ.update(job.env)
     sweep = SweepSpec.model_validate(sweep_json)
     started = time.time()
+    job, store = localize(job)
+    job = replace(job, home_node=ray.get_runtime_context().get_node_id())
+    if store.remote is not None:
+        store.prepare_entry(job.kind, job.key, local_only=True)
     entry = Path(job.entry_dir)
-    tune_root = entry / "work" / "tune"
-    tune_root.mkdir(parents=True, exist_ok=True)
+    tune_root, fs = remote_storage(job, store, "work", "tune")  # on a remote store: the remote, with its filesystem
     ctx = job.context()
 
     def trial(config: dict[str, Any]) -> None:
@@ -84,19 +88,24 @@ def run_sweep_job(job: NodeJob, sweep_json: dict[str, Any]) -> dict[str, Any]:
         sampled = dict(config.get("params", {}))  # dotted names -> values
         tjob = replace(job, params=trial_params(job.params, sampled), entry_dir=str(entry / "trials" / name),
                        node=f"{job.node}/{name}")
-        Path(tjob.entry_dir).mkdir(parents=True, exist_ok=True)
-        write_json_atomic(Path(tjob.entry_dir) / "trial.json", {"trial": name, "params": sampled})
-        trainer = build_trainer(tjob, tune_root / "train", name, callbacks=[TuneReportCallback()])
+        here, tstore = localize(tjob)
+        Path(here.entry_dir).mkdir(parents=True, exist_ok=True)
+        write_json_atomic(Path(here.entry_dir) / "trial.json", {"trial": name, "params": sampled})
+        if tstore.remote is not None and here.entry_dir != tjob.entry_dir:  # another machine than the sweep's
+            tstore.push(Path(here.entry_dir) / "trial.json")
+        trainer = build_trainer(tjob, f"{tune_root}/train", name, callbacks=[TuneReportCallback()],
+                                storage_filesystem=fs)
         trainer.fit()
 
     # Tune refuses an empty resource request; a hundredth of a CPU keeps trial drivers from holding
     # the CPUs their Ray Train workers need.
     trainable = tune.with_resources(trial, {"CPU": 0.01})
-    path = tune_root / TUNE_RUN_NAME
-    resumed = tune.Tuner.can_restore(str(path))
+    path = f"{tune_root}/{TUNE_RUN_NAME}"
+    resumed = tune.Tuner.can_restore(path, storage_filesystem=fs)
     if resumed:
         ctx.log("restoring the interrupted sweep")
-        tuner = tune.Tuner.restore(str(path), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        tuner = tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=True,
+                                   storage_filesystem=fs)
     else:
         tuner = tune.Tuner(
             trainable,
@@ -107,11 +116,13 @@ def run_sweep_job(job: NodeJob, sweep_json: dict[str, Any]) -> dict[str, Any]:
                 search_alg=make_search_alg(sweep, job.seed), trial_name_creator=lambda t: f"trial_{t.trial_id}",
                 trial_dirname_creator=lambda t: f"trial_{t.trial_id}",
             ),
-            run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(tune_root), verbose=0),
+            run_config=tune.RunConfig(name=TUNE_RUN_NAME, storage_path=str(tune_root), storage_filesystem=fs,
+                                      verbose=0),
         )
     ctx.log(f"sweep: {sweep.num_samples} sample(s), scheduler {sweep.scheduler.kind}, metric {sweep.metric} ({sweep.mode})")
     try:
         grid = tuner.fit()
+        store.pull_missing(entry)  # trials that ran on other machines
         table = summarize(grid, sweep, entry)
         best = choose_best(table, sweep)
         if best is None:
@@ -126,6 +137,7 @@ def run_sweep_job(job: NodeJob, sweep_json: dict[str, Any]) -> dict[str, Any]:
         ctx.log(f"best: {best['trial']} {sweep.metric}={best['metric']:.4f} params {best['params']}")
     except BaseException as exc:
         append_failure(job, exc)
+        push_log(job, store)
         raise
     return finish(job, started, {"resumed": resumed, "best_trial": best["trial"]})
 

@@ -46,7 +46,7 @@ def test_validate_and_plan_import_no_ml_and_are_fast(tmp_path):
         "from orchestrator.plan import make_plan; from orchestrator.store import Store;"
         f"r = load_and_validate({str(REPO / 'recipes' / 'rag_full.yaml')!r});"
         f"make_plan(r, Store.at({str(tmp_path)!r}));"
-        "heavy = [m for m in ('torch', 'ray', 'transformers', 'sentence_transformers', 'faiss') if m in sys.modules];"
+        "heavy = [m for m in ('torch', 'ray', 'transformers', 'sentence_transformers', 'faiss', 'pyarrow') if m in sys.modules];"
         "print('HEAVY', heavy); print('TOOK', time.time() - t)"
     )
     start = time.time()
