@@ -8,15 +8,13 @@ Recall@10 on held-out (test split) queries it never saw.
 from __future__ import annotations
 
 import json
-import os
-import re
-import signal
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.faults import run_with_a_killed_worker
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -61,31 +59,7 @@ def recall_mrr_at_10(model_path: str, test_dir: Path) -> tuple[float, float]:
 def test_two_workers_learn_and_survive_a_killed_worker(orch, write_recipe, tmp_path):
     path = write_recipe(RECIPE)
     cache = tmp_path / "runs" / "cache" / "embed_finetune"
-    killed: dict[str, object] = {}
-
-    def killer():
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            entries = list(cache.iterdir()) if cache.exists() else []
-            log = entries[0] / "log.txt" if entries else None
-            ckpts = list((entries[0] / "work" / "ray").glob("*/checkpoint_manager_snapshot.json")) if entries else []
-            if log and log.exists() and ckpts:
-                pids = re.findall(r"worker 1/2 pid (\d+)", log.read_text())
-                if pids:
-                    os.kill(int(pids[-1]), signal.SIGKILL)
-                    killed["pid"], killed["at"] = int(pids[-1]), time.time()
-                    return
-            time.sleep(0.5)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    started = time.time()
-    code, out = orch("run", path)
-    thread.join(timeout=5)
-    assert code == 0, out
-    assert killed, "the test never found a checkpoint and a worker to kill"
-    entry = next(cache.iterdir())
-    log = (entry / "log.txt").read_text()
+    out, entry, log, killed, started = run_with_a_killed_worker(orch, path, cache, timeout=400, poll=0.5)
     assert "resuming from checkpoint" in log, log[-3000:]
     summary = json.loads((entry / "metrics.json").read_text())
     assert summary["steps"] == 24 and summary["workers"] == 2 and summary["global_batch"] == 16

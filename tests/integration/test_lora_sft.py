@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.faults import run_with_a_killed_worker
+
 from orchestrator.api import Artifact, read_jsonl, write_jsonl
 from orchestrator.context import NodeContext
 
@@ -387,10 +389,7 @@ def test_lora_sft_two_workers_resume_after_a_killed_worker(orch, write_recipe, t
     """`orch run` of a 2-worker lora_sft; rank 1's process is SIGKILLed once Ray Train has recorded the first
     checkpoint. Ray Train restarts the worker group, lora_sft resumes from that checkpoint (not step 0), the run
     finishes, and the adapter loads with PeftModel.from_pretrained."""
-    import os
     import re
-    import signal
-    import threading
     import time
 
     import torch
@@ -401,31 +400,7 @@ def test_lora_sft_two_workers_resume_after_a_killed_worker(orch, write_recipe, t
 
     path = write_recipe(KILL_RECIPE)
     cache = tmp_path / "runs" / "cache" / "lora_sft"
-    killed: dict[str, object] = {}
-
-    def killer():
-        deadline = time.time() + 300
-        while time.time() < deadline:
-            entries = list(cache.iterdir()) if cache.exists() else []
-            log = entries[0] / "log.txt" if entries else None
-            ckpts = list((entries[0] / "work" / "ray").glob("*/checkpoint_manager_snapshot.json")) if entries else []
-            if log and log.exists() and ckpts:
-                pids = re.findall(r"worker 1/2 pid (\d+)", log.read_text())
-                if pids:
-                    os.kill(int(pids[-1]), signal.SIGKILL)
-                    killed["pid"], killed["at"] = int(pids[-1]), time.time()
-                    return
-            time.sleep(0.2)
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    started = time.time()
-    code, out = orch("run", path)
-    thread.join(timeout=5)
-    assert code == 0, out
-    assert killed, "the test never found a checkpoint and a worker to kill"
-    entry = next(cache.iterdir())
-    log = (entry / "log.txt").read_text()
+    out, entry, log, killed, started = run_with_a_killed_worker(orch, path, cache, timeout=300, poll=0.2)
     assert len(re.findall(r"worker 0/2 pid \d+", log)) == 2, log[-3000:]  # the worker group was restarted once
     resumed = re.findall(r"resumed from step (\d+) of 12", log)
     summary = json.loads((entry / "metrics.json").read_text())
