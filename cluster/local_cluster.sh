@@ -31,6 +31,9 @@ while [ $# -gt 0 ]; do
 done
 
 export RAY_AUTH_MODE=token
+# Ray's session folder holds AF_UNIX sockets, whose paths may not exceed 107 bytes: keep it short and
+# out of $STATE (which may be deep, e.g. a pytest tmp_path).
+RAY_TMP=${ORCH_CLUSTER_RAY_TMP:-/tmp/orchray-$PORT}
 mem_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3))")
 obj_bytes=$(python3 -c "print(int(float('$MEMORY_GB') * 1024**3 * 0.3))")
 
@@ -58,6 +61,9 @@ ensure_token() {
 fail_node() {  # fail_node INDEX LOG: say which node failed and show why
   echo "error: node $1 (127.0.0.$(( $1 + 1 ))) did not start; the end of $2:" >&2
   tail -n 40 "$2" >&2
+  for f in "$RAY_TMP"/session_latest/logs/dashboard_*.err "$RAY_TMP"/session_latest/logs/dashboard_*.log; do
+    [ -s "$f" ] && grep -q -i -E "error|exception|traceback" "$f" && { echo "--- $f" >&2; tail -n 30 "$f" >&2; }
+  done
   exit 1
 }
 
@@ -76,7 +82,7 @@ start_node() {  # start_node INDEX   (0 = head)
       --dashboard-host=127.0.0.1 --dashboard-port="$DASHBOARD_PORT" --include-dashboard=true \
       --ray-client-server-port="$(port_or_free 10001)" --dashboard-agent-listen-port="$(port_or_free 52365)" \
       --disable-usage-stats \
-      --temp-dir="$STATE/ray" >"$tmp/start.log" 2>&1 || fail_node "$i" "$tmp/start.log"
+      --temp-dir="$RAY_TMP" >"$tmp/start.log" 2>&1 || fail_node "$i" "$tmp/start.log"
   else
     ray start --address="127.0.0.1:$PORT" --node-ip-address="$ip" --num-cpus="$CPUS" --num-gpus=0 \
       --memory="$mem_bytes" --object-store-memory="$obj_bytes" --disable-usage-stats \
@@ -95,6 +101,7 @@ case "$cmd" in
     ensure_token
     mkdir -p "$STATE"
     echo "$PORT" >"$STATE/port"
+    echo "$RAY_TMP" >"$STATE/ray_tmp"
     start_node 0
     for i in $(seq 1 "$WORKERS"); do start_node "$i"; done
     echo "Ray cluster: head 127.0.0.1:$PORT + $WORKERS worker node(s), $CPUS CPUs and ${MEMORY_GB} GiB each"
@@ -116,14 +123,15 @@ case "$cmd" in
   stop)
     # Only this cluster's processes (others on the host, e.g. a laptop's own Ray, are left alone).
     port=$(cat "$STATE/port" 2>/dev/null || echo "$PORT")
+    ray_tmp=$(cat "$STATE/ray_tmp" 2>/dev/null || echo "$RAY_TMP")
     for sig in TERM KILL; do
       pkill -"$sig" -f "127\.0\.0\.1:$port( |$|,)" 2>/dev/null || true
       pkill -"$sig" -f "gcs_server_port=$port( |$)" 2>/dev/null || true
-      pkill -"$sig" -f -- "--temp-dir=$STATE/ray" 2>/dev/null || true
-      pkill -"$sig" -f "$STATE/ray/" 2>/dev/null || true
+      pkill -"$sig" -f -- "--temp-dir=$ray_tmp" 2>/dev/null || true
+      pkill -"$sig" -f "$ray_tmp/" 2>/dev/null || true
       [ "$sig" = TERM ] && sleep 2
     done
-    rm -rf "$STATE"
+    rm -rf "$STATE" "$ray_tmp"
     echo "stopped"
     ;;
   *)
