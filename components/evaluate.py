@@ -167,7 +167,6 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
         name = f"hybrid (bm25 + {first_stage})"
         add(name, "hybrid", hyb.search(qtexts, depth))
 
-    rerank_names: list[str] = []
     rerankers = inputs.get("rerankers") or []
     if rerankers and first_stage:
         from .fusion import fuse
@@ -187,7 +186,6 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
                     mixed = fuse([s for _, s in top], scores, weight)
                     fused.append(sorted(((d, s) for (d, _), s in zip(top, mixed)), key=lambda x: -x[1]))
             name = f"{first_stage} + {node}"
-            rerank_names.append(name)
             if weight is None:
                 add(name, "two-stage", alone, {"rerank_top_n": params.rerank_top_n})
             else:

@@ -354,8 +354,8 @@ def build_loss(model, params: RerankerFinetuneParams):
 def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: RerankerFinetuneParams, ctx):
     """Dev samples {query, positive: [texts], documents: [candidates in first-stage order]}, and the
     first stage's scores of those candidates."""
-    from .retrieval import load_ir_set
-    from .retrieval import BM25Retriever, DenseRetriever, load_model
+    from .rerank import windowed
+    from .retrieval import BM25Retriever, DenseRetriever, load_ir_set, load_model
 
     corpus, queries, qrels = load_ir_set(dev.path, params.eval_max_queries)
     ids = list(corpus)
@@ -369,8 +369,6 @@ def first_stage_candidates(dev: Artifact, retriever: Artifact | None, params: Re
     hits = r.search([queries[q] for q in qids], params.rerank_top_k)
     samples, scores = [], []
     for q, h in zip(qids, hits):
-        from .rerank import windowed
-
         samples.append({"query": queries[q],
                         "positive": windowed(queries[q], [corpus[d] for d in qrels[q] if d in corpus],
                                              params.passage_window),

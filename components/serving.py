@@ -65,12 +65,10 @@ class RagPipeline:
                 cache.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cache, self.dense.doc_embeddings)
         self.reranker = None
-        self.fusion_weight: float | None = None
         if reranker:
             from .rerank import Reranker
 
             self.reranker = Reranker.load(reranker, device=device)
-            self.fusion_weight = self.reranker.fusion_weight
         self.adapter = Path(adapter) if adapter else None
         self._generator = None
         self.timings = Timings()
@@ -112,8 +110,8 @@ class RagPipeline:
         from .retrieval import passage_text
 
         scores = self.rerank_scores(query, [passage_text(self.by_id[h.doc_id]) for h in out])
-        final = scores if self.fusion_weight is None else fuse([h.dense_score for h in out], scores,
-                                                                 self.fusion_weight)
+        weight = self.reranker.fusion_weight
+        final = scores if weight is None else fuse([h.dense_score for h in out], scores, weight)
         for h, s, f in zip(out, scores, final):
             h.rerank_score, h.score = s, f
         out.sort(key=lambda h: -(h.score or 0.0))
