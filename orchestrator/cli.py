@@ -99,7 +99,7 @@ def run(recipe: Path = typer.Argument(..., help="Recipe YAML file."),
         storage: Optional[str] = StorageOpt,
         address: Optional[str] = typer.Option(None, "--address", help="Ray cluster address (default: RAY_ADDRESS, else a local Ray started for this run)."),
         only: Optional[list[str]] = typer.Option(None, "--only", help="Run only NODE and the nodes it needs (repeatable)."),
-        force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run NODE and its descendants even if cached (repeatable).")) -> None:
+        force: Optional[list[str]] = typer.Option(None, "--force", help="Re-run NODE and its descendants from scratch (checkpoints discarded), even if cached (repeatable).")) -> None:
     """Validate, plan and run a recipe on Ray. Completed nodes are reused; a re-run resumes."""
     from .execute.progress import RunView
     from .execute.scheduler import Scheduler

@@ -104,10 +104,13 @@ class Store:
     def manifest(self, kind: str, key: str) -> dict[str, Any] | None:
         return read_json(self.entry_dir(kind, key) / MANIFEST)
 
-    def prepare_entry(self, kind: str, key: str, local_only: bool = False) -> Path:
+    def prepare_entry(self, kind: str, key: str, local_only: bool = False, fresh: bool = False) -> Path:
         """Make an entry ready for a (new or repeated) attempt: clear half-written outputs, keep work/
-        (on the remote too, unless ``local_only``)."""
+        (on the remote too, unless ``local_only``) so the attempt resumes; ``fresh`` (``--force``) clears
+        work/ as well, so the node starts from scratch."""
         entry = self.entry_dir(kind, key)
+        if fresh:
+            shutil.rmtree(entry / "work", ignore_errors=True)
         (entry / MANIFEST).unlink(missing_ok=True)
         shutil.rmtree(entry / "outputs", ignore_errors=True)
         for name in ("metrics.json",):
@@ -118,6 +121,8 @@ class Store:
             self.remote.delete(f"{rel}/{MANIFEST}")  # first: from here on the entry is incomplete everywhere
             self.remote.delete_dir(f"{rel}/outputs")
             self.remote.delete(f"{rel}/metrics.json")
+            if fresh:
+                self.remote.delete_dir(f"{rel}/work")
         return entry
 
     def pull_entry(self, kind: str, key: str) -> Path:

@@ -112,11 +112,14 @@ def test_prepare_entry_removes_the_remote_manifest_and_outputs(s3_bucket, monkey
     _write_entry(store)
     store.finish_entry("toy_map", "k1", "up", {"corpus": "corpus"}, {})
     store.remote.upload_file(store.entry_dir("toy_map", "k1") / "work" / "scratch.bin", "cache/toy_map/k1/work/ckpt")
-    store.prepare_entry("toy_map", "k1")  # a forced re-run
+    store.prepare_entry("toy_map", "k1")  # a repeated attempt (the last one failed or was killed)
     left = set(s3_bucket.files("runs/cache/toy_map/k1"))
     assert not store.is_complete("toy_map", "k1")
     assert not any("/outputs/" in k for k in left), left
     assert "runs/cache/toy_map/k1/work/ckpt" in left  # checkpoints stay: training resumes from them
+    store.prepare_entry("toy_map", "k1", fresh=True)  # --force: from scratch, no checkpoint resumed
+    assert not any("/work/" in k for k in s3_bucket.files("runs/cache/toy_map/k1"))
+    assert not (store.entry_dir("toy_map", "k1") / "work").exists()
 
 
 def test_another_machine_downloads_entries_and_runs(s3_bucket, monkeypatch, tmp_path):
