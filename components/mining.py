@@ -49,7 +49,8 @@ class MiningParams(BaseModel):
                             "questions reuse the passage's words), dense (the embedding model) or hybrid "
                             "(both, fused by reciprocal rank). With hybrid the score filters use the dense cosine.")
     model: ModelRef = Field("minilm", description="Embedding model for the dense and hybrid retrievers: an alias "
-                                                  "(minilm), a local folder (e.g. a trained embedder) or a hub id.")
+                                                  "(minilm), a local folder or a hub id. The `model` input, when "
+                                                  "connected (e.g. embedder.model), takes its place.")
     query_prompt: str | None = Field(None, description="Text prepended to queries before embedding (e.g. 'query: ').")
     passage_prompt: str | None = Field(None, description="Text prepended to passages before embedding.")
     bm25_tokenizer: Literal["auto", "jieba", "char_bigram", "regex"] = Field(
@@ -270,7 +271,7 @@ class Miner:
         return [Candidate(idx=i, rank=0) for i in chosen]
 
     # -- hard -----------------------------------------------------------------------------------
-    def build_retriever(self, model_ref: str) -> None:
+    def build_retriever(self, model_ref: str | None) -> None:
         from components.retrieval import make_retriever
 
         p = self.p
@@ -429,7 +430,10 @@ def _resolve_model(ref: str, ctx: RunContext) -> str:
     "hard_negative_mining",
     params=MiningParams,
     inputs={"pairs": Input("pairs", description="(query, positive) training pairs"),
-            "corpus": Input("corpus", description="the passages negatives are drawn from")},
+            "corpus": Input("corpus", description="the passages negatives are drawn from"),
+            "model": Input("embedding_model", optional=True,
+                           description="dense / hybrid: a trained embedder (e.g. embed_finetune's model) used "
+                                       "instead of the `model` param, so negatives are what that model ranks high")},
     outputs={"triplets": "triplets", "ntuples": "ntuples", "labeled_pairs": "labeled_pairs", "stats": "mining_stats"},
     runs_as="task",
     version="1",
@@ -457,6 +461,9 @@ def hard_negative_mining(params: MiningParams, inputs: dict[str, Artifact], ctx:
 
     t0 = time.time()
     p = params
+    if inputs.get("model") is not None and (p.mode != "hard" or p.retriever == "bm25"):
+        raise ValueError(f"the `model` input is connected but retriever is {p.retriever} (mode {p.mode}): set "
+                         "retriever: dense or hybrid to mine with that model, or disconnect it")
     seed = p.seed if p.seed is not None else ctx.seed
     ids, docs = _read_corpus(inputs["corpus"].main_file)
     groups, pair_counts = _group_pairs(inputs["pairs"].main_file, ids, docs, passage_text)
@@ -467,9 +474,14 @@ def hard_negative_mining(params: MiningParams, inputs: dict[str, Artifact], ctx:
 
     miner = Miner(p, ids, docs, seed, ctx, passage_text)
     t_index = 0.0
+    model_ref: str | None = None  # the embedding model dense/hybrid mining uses
     if p.mode == "hard":
         t = time.time()
-        model_ref = _resolve_model(p.model, ctx) if p.retriever != "bm25" else p.model
+        if p.retriever != "bm25" and inputs.get("model") is not None:
+            model_ref = str(inputs["model"].path)
+            ctx.log(f"embedding model from the `model` input: {model_ref}")
+        elif p.retriever != "bm25":
+            model_ref = _resolve_model(p.model, ctx)
         ctx.log(f"indexing the corpus for {p.retriever} retrieval")
         miner.build_retriever(model_ref)
         if p.cross_encoder:
@@ -550,6 +562,7 @@ def hard_negative_mining(params: MiningParams, inputs: dict[str, Artifact], ctx:
     stats = {
         "mode": p.mode,
         "retriever": miner.retriever.describe() if miner.retriever is not None else None,
+        "embedding_model": model_ref,
         "seed": seed,
         "corpus": len(ids),
         "pairs": pair_counts["pairs"],

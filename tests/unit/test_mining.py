@@ -112,7 +112,8 @@ def test_registered_component():
     spec = load_registry()["hard_negative_mining"]
     assert spec.outputs == {"triplets": "triplets", "ntuples": "ntuples", "labeled_pairs": "labeled_pairs",
                             "stats": "mining_stats"}
-    assert set(spec.inputs) == {"pairs", "corpus"} and spec.runs_as == "task"
+    assert set(spec.inputs) == {"pairs", "corpus", "model"} and spec.inputs["model"].optional
+    assert spec.runs_as == "task"
 
 
 def test_bm25_known_negatives_duplicate_and_near_positive_filtered(mine):
@@ -326,3 +327,44 @@ def test_dense_mining_extends_the_vocabulary_for_unknown_words(mine):
     plain = mine(corpus=corpus, pairs=pairs, extend_vocab=None, **params)
     assert "vocabulary: +" not in (plain.entry / "log.txt").read_text(encoding="utf-8")
     assert set(plain.neg_ids("q")) != {"a", "b"}, plain.by_query["q"]
+
+
+def test_the_model_input_replaces_the_model_param(mine, tmp_path):
+    """A trained embedder connected as the `model` input is what dense mining ranks with. Here that
+    embedder is MiniLM with its word embeddings zeroed: every passage embeds alike, so its "hardest"
+    negatives are not MiniLM's."""
+    import torch
+
+    from components.models import resolve_model
+    from components.retrieval import load_model
+
+    broken = load_model(str(resolve_model("minilm")))
+    with torch.no_grad():
+        broken[0].auto_model.embeddings.word_embeddings.weight.zero_()
+    broken.save(str(tmp_path / "broken"))
+    params = dict(retriever="dense", rank_window=(1, 8), negatives_per_query=3, max_score_ratio=None,
+                  extend_vocab=None)
+    plain = mine(**params)
+    assert plain.stats["embedding_model"] == str(resolve_model("minilm"))
+    assert set(plain.neg_ids("qa")) <= {"near", "n1", "n2", "n3", "dup"}  # MiniLM: the apple passages
+
+    counter = {"n": 0}
+
+    def run_with_model(**extra):
+        counter["n"] += 1
+        base = tmp_path / f"with_model{counter['n']}"
+        inputs = {"corpus": Artifact("corpus", _write(base / "c", "corpus.jsonl", EN_CORPUS), "c:corpus"),
+                  "pairs": Artifact("pairs", _write(base / "p", "pairs.jsonl", EN_PAIRS), "p:train_pairs"),
+                  "model": Artifact("embedding_model", tmp_path / "broken", "e:model")}
+        ctx = NodeContext(node="mine", entry_dir=base / "entry", recipe_dir=tmp_path, seed=0)
+        hard_negative_mining(MiningParams(**{**params, **extra}), inputs, ctx)
+        return Run(base / "entry")
+
+    tuned = run_with_model()
+    assert tuned.stats["embedding_model"] == str(tmp_path / "broken")
+    assert "embedding model from the `model` input" in (tuned.entry / "log.txt").read_text(encoding="utf-8")
+    assert tuned.neg_ids("qa") != plain.neg_ids("qa"), (tuned.by_query["qa"], plain.by_query["qa"])
+    with pytest.raises(ValueError, match="set retriever: dense or hybrid"):
+        run_with_model(retriever="bm25")
+    with pytest.raises(ValueError, match="set retriever: dense or hybrid"):
+        run_with_model(mode="random")
