@@ -1,7 +1,9 @@
 """evaluate: the whole RAG chain measured on held-out queries, and a report a person can read.
 
 Retrieval systems: BM25, base embedders (models as they ship), the fine-tuned embedders connected to
-the node, optionally BM25+dense hybrid, and every reranker on top of the best embedder's candidates.
+the node, optionally BM25+dense hybrid, and every reranker on top of the best embedder's candidates
+(its score fused with the embedder's by the weight its node chose on dev, and alone) and, alone, on
+the candidates of the `rerank_also` first stages (an off-the-shelf embedder, BM25).
 Generation (optional): retrieve, then answer from the top passages with the base LLM and with each
 LoRA adapter; exact match and token F1 against the reference answers.
 
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -53,6 +55,10 @@ class EvaluateParams(_Strict):
                                                                   "'before' of before/after fine-tuning).")
     hybrid: bool = Field(True, description="Also evaluate BM25 + the best embedder fused by reciprocal rank.")
     rerank_top_n: int = Field(20, ge=2, le=1000, description="Rerankers reorder the best first stage's top N.")
+    rerank_also: list[Literal["base", "bm25"]] = Field(
+        ["base"], description="Also rerank these first stages' top N with each reranker alone: base (the first "
+                              "base embedder: an off-the-shelf embedder + the trained reranker) and bm25. The "
+                              "best fine-tuned embedder's candidates are always reranked.")
     baseline: str | None = Field(None, description="System the deltas are computed against (default: the first "
                                                    "base embedder).")
     targets: dict[str, float] = Field(dict(SEED_TARGETS), description="Metric targets marked met / missed in the "
@@ -169,22 +175,14 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
 
     rerankers = inputs.get("rerankers") or []
     if rerankers and first_stage:
-        from .fusion import fuse
         from .rerank import Reranker
 
         cand = runs[first_stage]
         for art in rerankers:
             rr = Reranker.load(art.path, device="cuda" if ctx.num_gpus else "cpu")
             node = art.meta.get("node", art.path.name)
-            alone, fused = [], []
             weight = rr.fusion_weight
-            for qt, h in zip(qtexts, cand):
-                top = h[: params.rerank_top_n]
-                scores = rr.scores(qt, [corpus[d] for d, _ in top])
-                alone.append(sorted(((d, s) for (d, _), s in zip(top, scores)), key=lambda x: -x[1]))
-                if weight is not None:
-                    mixed = fuse([s for _, s in top], scores, weight)
-                    fused.append(sorted(((d, s) for (d, _), s in zip(top, mixed)), key=lambda x: -x[1]))
+            alone, fused = _rerank(rr, qtexts, cand, corpus, params.rerank_top_n, weight)
             name = f"{first_stage} + {node}"
             if weight is None:
                 add(name, "two-stage", alone, {"rerank_top_n": params.rerank_top_n})
@@ -192,6 +190,9 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
                 # The pipeline as served: scores fused with the weight the reranker node chose on dev.
                 add(name, "two-stage", fused, {"rerank_top_n": params.rerank_top_n, "fusion_weight": weight})
                 add(f"{name} (reranker alone)", "two-stage", alone, {"rerank_top_n": params.rerank_top_n})
+            for other in _other_first_stages(params.rerank_also, first_stage, base_names, runs):
+                add(f"{other} + {node}", "two-stage", _rerank(rr, qtexts, runs[other], corpus, params.rerank_top_n)[0],
+                    {"rerank_top_n": params.rerank_top_n})
             n_lat = min(len(lat_q), len(cand))
             t0 = time.perf_counter()
             for qt, h in zip(lat_q[:n_lat], cand[:n_lat]):
@@ -245,6 +246,28 @@ def evaluate(params: EvaluateParams, inputs: dict[str, Any], ctx: RunContext) ->
                      **({"generation": {g["generator"]: {"em": g["em"], "f1": g["f1"]} for g in generation["rows"]}}
                         if generation else {})})
     ctx.log(f"report: {out_dir / 'report.md'} | best {best_row['system']}: " + ", ".join(f"{k}={v:.3f}" for k, v in headline.items()))
+
+
+def _rerank(rr, qtexts, cand, corpus, top_n: int, weight: float | None = None):
+    """Each query's first-stage top ``top_n`` reordered by the reranker alone, and (with a fusion
+    weight) by the fused score; documents past ``top_n`` are dropped."""
+    from .fusion import fuse
+
+    alone, fused = [], []
+    for qt, h in zip(qtexts, cand):
+        top = h[:top_n]
+        scores = rr.scores(qt, [corpus[d] for d, _ in top])
+        alone.append(sorted(((d, s) for (d, _), s in zip(top, scores)), key=lambda x: -x[1]))
+        if weight is not None:
+            mixed = fuse([s for _, s in top], scores, weight)
+            fused.append(sorted(((d, s) for (d, _), s in zip(top, mixed)), key=lambda x: -x[1]))
+    return alone, fused
+
+
+def _other_first_stages(also: list[str], first_stage: str, base_names: list[str], runs) -> list[str]:
+    """The systems named by ``rerank_also`` that were evaluated and are not the main first stage."""
+    names = {"base": base_names[0] if base_names else None, "bm25": "bm25"}
+    return [n for n in (names[a] for a in also) if n and n in runs and n != first_stage]
 
 
 def _k10(ks: list[int]) -> int:
