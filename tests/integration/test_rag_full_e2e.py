@@ -1,7 +1,7 @@
 """The whole rag_full graph end to end (its `ci` profile: the same graph and data, fewer steps).
 
 Checks what a user looks at: the report exists (md, html, json, plots), the fine-tuned embedder beats
-the base model, the reranker learns and is measured on the embedder's candidates, the LoRA generator was
+the base model, the reranker learns and improves an off-the-shelf embedder's ranking, the LoRA generator was
 measured before/after, a rerun is fully cached, and `orch show` / `orch query` / `orch compare` work.
 """
 
@@ -40,10 +40,14 @@ def test_rag_full_ci_profile_end_to_end(orch, tmp_path):
     base, tuned = row(report, "minilm (base)"), row(report, "embedder")
     two_stage = row(report, "embedder + reranker")
     print(f"\ncold run {cold:.0f}s | base R@10 {base['recall@10']:.3f} -> tuned {tuned['recall@10']:.3f} | "
-          f"MRR@10 embedder {tuned['mrr@10']:.3f} -> +reranker {two_stage['mrr@10']:.3f}")
+          f"MRR@10 embedder {tuned['mrr@10']:.3f} -> +reranker {two_stage['mrr@10']:.3f} | "
+          f"base {base['mrr@10']:.3f} -> +reranker {row(report, 'minilm (base) + reranker')['mrr@10']:.3f}")
     assert tuned["recall@10"] > base["recall@10"]
-    # The reranker learned (its dev MRR@10 rose from its untrained start) and was measured as a second stage.
-    # On this CPU budget it does not beat the fine-tuned embedder's own ranking alone (see issue 5's note).
+    # The reranker learned (its dev MRR@10 rose from its untrained start) and, as the second stage of an
+    # off-the-shelf embedder, improves its ranking on the held-out queries. On this CPU budget it does
+    # not beat the fine-tuned embedder's own ranking alone (README, "The RAG graph").
+    base_rr = row(report, "minilm (base) + reranker")
+    assert base_rr["mrr@10"] > base["mrr@10"] and base_rr["recall@10"] == base["recall@10"], (base_rr, base)
     rr_entry = next((storage / "cache" / "reranker_finetune").iterdir())
     rr = json.loads((rr_entry / "outputs" / "model" / "orch_eval.json").read_text())
     assert rr["final"]["dev/mrr@10"] > rr["base"]["dev/mrr@10"], rr
