@@ -125,15 +125,23 @@ def test_remote_store_on_s3(orch, write_recipe, tmp_path, s3_server, monkeypatch
     code, out = orch("show", "toy", "fit", "--storage", uri)
     assert code == 0 and "output model (text_label)" in out and '"world_size": 2' in out, out
 
-    # A forced re-run of the training node on machines without their mirrors resumes from the bucket's
-    # checkpoint (its input is downloaded from the bucket).
+    # An attempt that did not finish (its manifest never reached the bucket), re-run on machines without
+    # their mirrors, resumes from the bucket's checkpoint (its input is downloaded from the bucket).
     shutil.rmtree(staging)
     shutil.rmtree(worker_mirror)
-    code, out = orch("run", path, "--storage", uri, "--force", "fit")
+    bucket.fs.delete_file(f"orch-runs/{entry}/manifest.json")
+    code, out = orch("run", path, "--storage", uri)
     assert code == 0, out
     objects = bucket.files("team/runs")
     assert json.loads(objects[f"{entry}/metrics.json"])["resumed_from"] == 4
     assert json.loads(objects[f"{entry}/manifest.json"])["resumed"] is True
+
+    # --force starts the node from scratch: its checkpoints are cleared from the bucket first.
+    code, out = orch("run", path, "--storage", uri, "--force", "fit")
+    assert code == 0, out
+    objects = bucket.files("team/runs")
+    assert json.loads(objects[f"{entry}/manifest.json"])["resumed"] is False
+    assert json.loads(objects[f"{entry}/metrics.json"])["resumed_from"] == 0
     assert_no_secret(objects, "the bucket")
     assert_no_secret(local_files(staging), "the driver's staging mirror")
     assert_no_secret(local_files(worker_mirror), "the workers' staging mirror")
