@@ -20,6 +20,7 @@ class PlannedNode:
     reason: str
     layer: int
     estimate: dict[str, Any] = field(default_factory=dict)
+    fresh: bool = False  # --force: start from scratch (checkpoints dropped) instead of resuming
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "kind": self.kind, "key": self.key, "action": self.action,
@@ -90,7 +91,8 @@ def make_plan(recipe: Recipe, store: Store, force: list[str] | None = None, only
                     estimate = _call_estimate(node.spec.estimate, node.params, node.resources, recipe.recipe_dir)
                 except Exception as exc:  # an estimate must never break planning
                     estimate = {"error": str(exc)}
-            planned[name] = PlannedNode(name, node.kind, key, parts, action, reason, depth, estimate)
+            planned[name] = PlannedNode(name, node.kind, key, parts, action, reason, depth, estimate,
+                                        fresh=action == "run" and name in forced)
     return Plan(recipe, planned, layers)
 
 

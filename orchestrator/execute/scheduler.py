@@ -173,7 +173,7 @@ class Scheduler:
                 items.append({"kind": kind, "path": str(entry / "outputs" / ref.output),
                               "key": f"{producer.key}:{ref.output}", "meta": {"node": ref.node, "output": ref.output}})
             inputs[inp] = items
-        entry = self.store.prepare_entry(p.kind, p.key, fresh=p.reason.startswith("forced"))
+        entry = self.store.prepare_entry(p.kind, p.key, fresh=p.fresh)
         # Settings only, by name: secrets (tokens, bucket keys) come from the environment of each node.
         env = {k: os.environ[k] for k in FORWARDED_ENV if k in os.environ}
         env.update({k: os.environ.get(k, v) for k, v in RAY_ENV_DEFAULTS.items()})

@@ -76,11 +76,13 @@ class Run:
 def mine(tmp_path):
     counter = {"n": 0}
 
-    def run(corpus=EN_CORPUS, pairs=EN_PAIRS, ctx_seed: int = 0, **params) -> Run:
+    def run(corpus=EN_CORPUS, pairs=EN_PAIRS, ctx_seed: int = 0, model_input: Path | None = None, **params) -> Run:
         counter["n"] += 1
         base = tmp_path / f"run{counter['n']}"
         inputs = {"corpus": Artifact("corpus", _write(base / "in_corpus", "corpus.jsonl", corpus), "c:corpus"),
                   "pairs": Artifact("pairs", _write(base / "in_pairs", "pairs.jsonl", pairs), "p:train_pairs")}
+        if model_input is not None:  # the optional `model` input: a trained embedder's folder
+            inputs["model"] = Artifact("embedding_model", model_input, "e:model")
         ctx = NodeContext(node="mine", entry_dir=base / "entry", recipe_dir=tmp_path, seed=ctx_seed)
         hard_negative_mining(MiningParams(**params), inputs, ctx)
         return Run(base / "entry")
@@ -348,23 +350,11 @@ def test_the_model_input_replaces_the_model_param(mine, tmp_path):
     assert plain.stats["embedding_model"] == str(resolve_model("minilm"))
     assert set(plain.neg_ids("qa")) <= {"near", "n1", "n2", "n3", "dup"}  # MiniLM: the apple passages
 
-    counter = {"n": 0}
-
-    def run_with_model(**extra):
-        counter["n"] += 1
-        base = tmp_path / f"with_model{counter['n']}"
-        inputs = {"corpus": Artifact("corpus", _write(base / "c", "corpus.jsonl", EN_CORPUS), "c:corpus"),
-                  "pairs": Artifact("pairs", _write(base / "p", "pairs.jsonl", EN_PAIRS), "p:train_pairs"),
-                  "model": Artifact("embedding_model", tmp_path / "broken", "e:model")}
-        ctx = NodeContext(node="mine", entry_dir=base / "entry", recipe_dir=tmp_path, seed=0)
-        hard_negative_mining(MiningParams(**{**params, **extra}), inputs, ctx)
-        return Run(base / "entry")
-
-    tuned = run_with_model()
+    tuned = mine(model_input=tmp_path / "broken", **params)
     assert tuned.stats["embedding_model"] == str(tmp_path / "broken")
     assert "embedding model from the `model` input" in (tuned.entry / "log.txt").read_text(encoding="utf-8")
     assert tuned.neg_ids("qa") != plain.neg_ids("qa"), (tuned.by_query["qa"], plain.by_query["qa"])
     with pytest.raises(ValueError, match="set retriever: dense or hybrid"):
-        run_with_model(retriever="bm25")
+        mine(model_input=tmp_path / "broken", **{**params, "retriever": "bm25"})
     with pytest.raises(ValueError, match="set retriever: dense or hybrid"):
-        run_with_model(mode="random")
+        mine(model_input=tmp_path / "broken", **{**params, "mode": "random"})
