@@ -5,8 +5,12 @@
     python benchmarks/mining.py                 # full run (tens of minutes on 2 CPU cores)
     python benchmarks/mining.py --passages 20000 --queries 1000   # quicker
 
-Every (dataset, method) runs in its own subprocess, so the peak RSS (``ru_maxrss``) is that
-method's alone; time is the wall time of the mining call (model loading included unless noted).
+Every (dataset, method) runs in its own subprocess; its peak RSS (VmHWM) is reset just before the
+call, so the memory figures are the call's alone. Time is the wall time from the input files on
+disk to the output files on disk, with the libraries imported beforehand (model loading included
+unless noted): orch's component call; for sentence-transformers, reading the same JSONL files
+into lists, ``mine_hard_negatives`` and writing its n-tuples. With ``--repeat N`` each method runs
+N times in its process and the median time is reported (memory is the first run's).
 
 - CMRC2018 sample: ``data_prep`` on recipes/data/cmrc2018_sample.json (split by passage, as in
   recipes/rag_full.yaml); the train pairs against the full corpus. Dense methods use the real
@@ -37,6 +41,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -51,19 +56,38 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 DIM = 384
 
 
-def rss_mib() -> float:
-    """Peak resident memory of this process in MiB.
-
-    VmHWM (reset by exec) rather than ru_maxrss, which a child started by fork + exec inherits
-    from its parent on Linux."""
+def _status_mib(field: str) -> float | None:
     try:
         for line in open("/proc/self/status", encoding="ascii"):
-            if line.startswith("VmHWM:"):
+            if line.startswith(field + ":"):
                 return int(line.split()[1]) / 1024
     except OSError:
         pass
+    return None
+
+
+def rss_mib() -> float:
+    """Peak resident memory of this process in MiB (since start_peak(), where Linux allows it).
+
+    VmHWM (reset by exec) rather than ru_maxrss, which a child started by fork + exec inherits
+    from its parent on Linux."""
+    peak = _status_mib("VmHWM")
+    if peak is not None:
+        return peak
     kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb / 1024 if sys.platform != "darwin" else kb / 1024**2
+
+
+def start_peak() -> float:
+    """Resets the peak (VmHWM) to the current RSS and returns the current RSS in MiB, so that the
+    peak read after a call is the call's own. Linux >= 4.0; elsewhere the peak stays the process's."""
+    try:
+        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+    now = _status_mib("VmRSS")
+    return now if now is not None else rss_mib()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -155,33 +179,40 @@ def read_dataset(folder: Path):
     return corpus, pairs
 
 
-class TableEncoder:
-    """Stands in for a SentenceTransformer: returns precomputed vectors for known texts."""
+def _texts(folder: Path):
+    """The synthetic set's texts in emb.npz's row order (passages as indexed, then queries), one at a time."""
+    from components.retrieval import passage_text
 
-    def __init__(self, texts: list[str], vectors):
-        self.row = {t: i for i, t in enumerate(texts)}
-        self.vectors = vectors
+    for line in open(folder / "corpus" / "corpus.jsonl", encoding="utf-8"):
+        yield passage_text(json.loads(line))
+    for line in open(folder / "pairs" / "pairs.jsonl", encoding="utf-8"):
+        yield json.loads(line)["query"]
+
+
+def _vectors(folder: Path):
+    import numpy as np
+
+    emb = np.load(folder / "emb.npz")
+    return np.concatenate([emb["doc"], emb["query"]])
+
+
+class TableEncoder:
+    """Stands in for a SentenceTransformer on the synthetic set: precomputed vectors by text.
+
+    Built by streaming the files (keys are the texts' hashes), so that setting it up leaves no
+    heap of freed text objects behind for the mining to reuse unseen by the memory figures."""
+
+    def __init__(self, folder: Path):
+        self.row = {hash(t): i for i, t in enumerate(_texts(folder))}
+        self.vectors = _vectors(folder)
 
     def encode(self, texts, **kwargs):
         import numpy as np
 
-        return np.ascontiguousarray(self.vectors[[self.row[t] for t in texts]])
+        return np.ascontiguousarray(self.vectors[[self.row[hash(t)] for t in texts]])
 
     def get_embedding_dimension(self) -> int:
         return int(self.vectors.shape[1])
-
-
-def embedding_table(folder: Path):
-    """text -> vector for the synthetic set (passage texts and query texts)."""
-    import numpy as np
-
-    from components.retrieval import passage_text
-
-    corpus, pairs = read_dataset(folder)
-    emb = np.load(folder / "emb.npz")
-    texts = [passage_text(d) for d in corpus] + [p["query"] for p in pairs]
-    vectors = np.concatenate([emb["doc"], emb["query"]])
-    return corpus, pairs, texts, vectors
 
 
 # ---------------------------------------------------------------------------------------------
@@ -200,8 +231,7 @@ def run_orch(folder: Path, synthetic: bool, **params) -> dict:
     if synthetic and params.get("retriever") == "dense":
         import components.retrieval as retrieval
 
-        _, _, texts, vectors = embedding_table(folder)
-        table = TableEncoder(texts, vectors)
+        table = TableEncoder(folder)
         retrieval.load_model = lambda ref, recipe_dir=None, device=None: table  # noqa: E731
     entry = folder / "runs" / f"orch_{params.get('mode', 'hard')}_{params.get('retriever', 'bm25')}_{params.get('bm25_tokenizer', 'auto')}"
     if entry.exists():
@@ -210,48 +240,79 @@ def run_orch(folder: Path, synthetic: bool, **params) -> dict:
         shutil.rmtree(entry)
     inputs = {"corpus": Artifact("corpus", folder / "corpus", "c"), "pairs": Artifact("pairs", folder / "pairs", "p")}
     ctx = NodeContext(node="mine", entry_dir=entry, recipe_dir=REPO, seed=0)
-    rss0 = rss_mib()
+    # Libraries are imported before the clock starts, as sentence-transformers' side imports its own.
+    if params.get("retriever") == "dense":
+        import faiss  # noqa: F401
+        import sentence_transformers  # noqa: F401
+    elif params.get("mode", "hard") == "hard":
+        import bm25s  # noqa: F401
+    rss0 = start_peak()
     t0 = time.time()
     hard_negative_mining(MiningParams(**ORCH_COMMON, **params), inputs, ctx)
     elapsed = time.time() - t0
     stats = json.loads((entry / "outputs" / "stats" / "stats.json").read_text(encoding="utf-8"))
     return {"time_s": elapsed, "rss_before_mib": rss0, "negatives": stats["negatives_total"],
             "queries": stats["queries"], "without": stats["queries_without_negative"]["count"],
-            "detail": f"index {stats['time_s']['index']:.1f}s, mine {stats['time_s']['mine']:.1f}s"}
+            "detail": f"read {stats['time_s']['read']:.1f}s, index {stats['time_s']['index']:.1f}s, "
+                      f"mine + write {stats['time_s']['mine']:.1f}s"}
 
 
-def run_st(folder: Path, synthetic: bool) -> dict:
+def st_cache_name(model, queries: list[str], corpus_texts: list[str], positives: list[str]) -> tuple[str, str]:
+    """The file names sentence-transformers' mine_hard_negatives gives its cached query and corpus embeddings."""
     import hashlib
 
-    import numpy as np
-    from datasets import Dataset
-    from sentence_transformers.util import mine_hard_negatives
+    model_name = model.model_card_data.base_model or ""
+    uq = list(dict.fromkeys(queries))
+    uc = list(dict.fromkeys(corpus_texts + positives))
+    qh = hashlib.sha256(repr((model_name, None, None, uq)).encode()).hexdigest()
+    ch = hashlib.sha256(repr((model_name, None, None, uc)).encode()).hexdigest()
+    return f"query_embeddings_{qh}.npy", f"corpus_embeddings_{ch}.npy"
 
-    from components.retrieval import load_model, passage_text
+
+def st_inputs(folder: Path) -> tuple[list[str], list[str], list[str]]:
+    """The same files orch reads, as sentence-transformers' inputs (the positive texts orch writes)."""
+    from components.retrieval import passage_text
 
     corpus, pairs = read_dataset(folder)
     corpus_texts = [passage_text(d) for d in corpus]
-    queries = [p["query"] for p in pairs]
-    by_id = {d["_id"]: passage_text(d) for d in corpus}  # the same positive texts orch writes
-    positives = [by_id.get(p.get("positive_id"), p["positive"]) for p in pairs]
-    cache = None
-    rss0 = rss_mib()
-    t0 = time.time()
-    model = load_model("minilm")
+    by_id = {d["_id"]: text for d, text in zip(corpus, corpus_texts)}
+    return corpus_texts, [p["query"] for p in pairs], [by_id.get(p.get("positive_id"), p["positive"]) for p in pairs]
+
+
+def seed_st_cache(folder: Path) -> None:
+    """Seeds sentence-transformers' embedding cache with the vectors orch's TableEncoder gives (own process)."""
+    import numpy as np
+
+    from components.retrieval import load_model
+
+    corpus_texts, queries, positives = st_inputs(folder)
+    row = {t: i for i, t in enumerate(_texts(folder))}
+    vectors = _vectors(folder)
+    qname, cname = st_cache_name(load_model("minilm"), queries, corpus_texts, positives)
+    cache = folder / "st_cache"
+    cache.mkdir(exist_ok=True)
+    np.save(cache / qname, vectors[[row[t] for t in dict.fromkeys(queries)]])
+    np.save(cache / cname, vectors[[row[t] for t in dict.fromkeys(corpus_texts + positives)]])
+
+
+def run_st(folder: Path, synthetic: bool) -> dict:
+    from datasets import Dataset
+    from sentence_transformers.util import mine_hard_negatives
+
+    from components.retrieval import load_model
+
+    cache = folder / "st_cache" if synthetic else None
     if synthetic:
-        # Seed sentence-transformers' embedding cache with the same vectors orch gets.
-        _, _, texts, vectors = embedding_table(folder)
-        row = {t: i for i, t in enumerate(texts)}
-        cache = folder / "st_cache"
-        cache.mkdir(exist_ok=True)
-        model_name = model.model_card_data.base_model or ""
-        uq = list(dict.fromkeys(queries))
-        uc = list(dict.fromkeys(corpus_texts + positives))
-        qh = hashlib.sha256(repr((model_name, None, None, uq)).encode()).hexdigest()
-        ch = hashlib.sha256(repr((model_name, None, None, uc)).encode()).hexdigest()
-        np.save(cache / f"query_embeddings_{qh}.npy", vectors[[row[t] for t in uq]])
-        np.save(cache / f"corpus_embeddings_{ch}.npy", vectors[[row[t] for t in uc]])
-        t0 = time.time()  # the model load and cache seeding are not mining
+        model = load_model("minilm")  # the model load is not mining: the embeddings come from the cache
+    rss0 = start_peak()
+    t0 = time.time()
+    if not synthetic:
+        model = load_model("minilm")
+    t_read = time.time()
+    corpus_texts, queries, positives = st_inputs(folder)
+    t_call = time.time()
+    if synthetic and not all((cache / name).exists() for name in st_cache_name(model, queries, corpus_texts, positives)):
+        raise RuntimeError(f"{cache} lacks the embeddings: run the 'seed sentence-transformers cache' child first")
     ds = Dataset.from_dict({"query": queries, "positive": positives})
     out = mine_hard_negatives(ds, model, corpus=corpus_texts, range_min=2, range_max=30, relative_margin=0.05,
                               num_negatives=3, sampling_strategy="top", output_format="n-tuple", batch_size=64,
@@ -261,7 +322,8 @@ def run_st(folder: Path, synthetic: bool) -> dict:
     neg_cols = [c for c in out.column_names if c.startswith("negative")]
     return {"time_s": elapsed, "rss_before_mib": rss0, "negatives": len(out) * len(neg_cols),
             "queries": len(set(queries)), "without": len(set(queries)) - len(set(out["query"])),
-            "detail": "n-tuple output" + (", embeddings from cache" if synthetic else "")}
+            "detail": f"read {t_call - t_read:.1f}s, mine + write {time.time() - t_call:.1f}s; n-tuple output"
+                      + (", embeddings from cache" if synthetic else "")}
 
 
 def run_encode_sample(folder: Path, n: int) -> dict:
@@ -270,7 +332,7 @@ def run_encode_sample(folder: Path, n: int) -> dict:
     corpus, _ = read_dataset(folder)
     texts = [passage_text(d) for d in corpus[:n]]
     model = load_model("minilm")
-    rss0 = rss_mib()
+    rss0 = start_peak()
     t0 = time.time()
     encode(model, texts, batch_size=64)
     elapsed = time.time() - t0
@@ -287,12 +349,23 @@ METHODS = {
 }
 
 
-def child(method: str, folder: Path, synthetic: bool, encode_n: int) -> None:
-    if method == "encode sample":
-        result = run_encode_sample(folder, encode_n)
-    else:
-        result = METHODS[method](folder, synthetic)
-    result["peak_rss_mib"] = rss_mib()
+SEED = "seed sentence-transformers cache"
+
+
+def child(method: str, folder: Path, synthetic: bool, encode_n: int, repeat: int = 1) -> None:
+    if method == SEED:
+        seed_st_cache(folder)
+        print("RESULT " + json.dumps({"seeded": True}), flush=True)
+        return
+    runs, peak = [], None
+    for _ in range(max(1, repeat)):
+        runs.append(run_encode_sample(folder, encode_n) if method == "encode sample" else METHODS[method](folder, synthetic))
+        peak = peak or rss_mib()  # memory is the first run's: later runs start with the first's leftovers
+    result = dict(sorted(runs, key=lambda r: r["time_s"])[len(runs) // 2])  # the median run
+    result["rss_before_mib"] = runs[0]["rss_before_mib"]
+    if len(runs) > 1:
+        result["detail"] += "; runs " + ", ".join(f"{r['time_s']:.2f}" for r in runs) + " s"
+    result["peak_rss_mib"] = peak
     print("RESULT " + json.dumps(result), flush=True)
 
 
@@ -301,8 +374,9 @@ def child(method: str, folder: Path, synthetic: bool, encode_n: int) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
-def spawn(method: str, folder: Path, synthetic: bool, timeout: int, encode_n: int) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--dataset", str(folder), "--encode-n", str(encode_n)]
+def spawn(method: str, folder: Path, synthetic: bool, timeout: int, encode_n: int, repeat: int = 1) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--dataset", str(folder), "--encode-n", str(encode_n),
+           "--repeat", str(repeat)]
     if synthetic:
         cmd.append("--synthetic")
     t0 = time.time()
@@ -347,12 +421,13 @@ def main() -> None:
     ap.add_argument("--encode-n", type=int, default=300)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mining.md"))
     ap.add_argument("--only", default="", help="comma-separated method name substrings")
+    ap.add_argument("--repeat", type=int, default=1, help="runs of each method (median time reported)")
     ap.add_argument("--child")
     ap.add_argument("--dataset")
     ap.add_argument("--synthetic", action="store_true")
     args = ap.parse_args()
     if args.child:
-        child(args.child, Path(args.dataset), args.synthetic, args.encode_n)
+        child(args.child, Path(args.dataset), args.synthetic, args.encode_n, args.repeat)
         return
 
     work = Path(args.work)
@@ -374,7 +449,11 @@ def main() -> None:
             if only and not any(s in method for s in only):
                 continue
             print(f"{ds_name}: {method} ...", flush=True)
-            r = spawn(method, folder, synthetic, args.timeout, args.encode_n)
+            if synthetic and method.startswith("sentence-transformers"):
+                seeded = spawn(SEED, folder, synthetic, args.timeout, args.encode_n)
+                if "error" in seeded:
+                    raise SystemExit(f"seeding sentence-transformers' cache failed: {seeded['error']}")
+            r = spawn(method, folder, synthetic, args.timeout, args.encode_n, args.repeat)
             r.update(dataset=ds_name, method=method if method != "encode sample" else
                      f"MiniLM encoding, {args.encode_n} passages (real model)", corpus=corpus_n)
             print("   ", json.dumps(r), flush=True)
@@ -383,16 +462,17 @@ def main() -> None:
         if agree:
             notes.append(f"- {ds_name}, orch dense vs sentence-transformers: {agree}.")
 
-    header = ("| dataset | method | passages | queries | time (s) | peak RSS (MiB) | RSS before (MiB) | negatives | "
-              "queries w/o negative | notes |")
-    lines = [header, "|" + "---|" * 10]
+    header = ("| dataset | method | passages | queries | time (s) | RSS at start (MiB) | peak RSS (MiB) | added (MiB) | "
+              "negatives | queries w/o negative | notes |")
+    lines = [header, "|" + "---|" * 11]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['dataset']} | {r['method']} | {r['corpus']} | - | - | - | - | - | - | error: {r['error']} |")
+            lines.append(f"| {r['dataset']} | {r['method']} | {r['corpus']} | - | - | - | - | - | - | - | error: {r['error']} |")
             continue
+        added = r["peak_rss_mib"] - r["rss_before_mib"] if r.get("rss_before_mib") is not None else None
         lines.append(f"| {r['dataset']} | {r['method']} | {r['corpus']} | {fmt(r['queries'], '{}')} | {fmt(r['time_s'])} | "
-                     f"{fmt(r['peak_rss_mib'], '{:.0f}')} | {fmt(r['rss_before_mib'], '{:.0f}')} | {fmt(r['negatives'], '{}')} | "
-                     f"{fmt(r['without'], '{}')} | {r.get('detail', '')} |")
+                     f"{fmt(r['rss_before_mib'], '{:.0f}')} | {fmt(r['peak_rss_mib'], '{:.0f}')} | {fmt(added, '{:.0f}')} | "
+                     f"{fmt(r['negatives'], '{}')} | {fmt(r['without'], '{}')} | {r.get('detail', '')} |")
     table = "\n".join(lines)
     print()
     print(table)
@@ -400,12 +480,14 @@ def main() -> None:
     load_end = os.getloadavg()
     doc = __doc__.split("\n\n", 1)[1]
     md = (f"# Hard-negative mining benchmark\n\n"
-          f"`python benchmarks/mining.py --passages {args.passages} --queries {args.queries}` on {platform.machine()}, "
+          f"`python benchmarks/mining.py {shlex.join(sys.argv[1:])}` on {platform.machine()}, "
           f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; load average at start "
           f"{load_start[0]:.1f}, at end {load_end[0]:.1f} (the machine was shared: timings are indicative).\n\n"
           f"{table}\n\n"
-          f"time: wall time of the mining call. peak RSS: VmHWM of the method's subprocess, imports included; "
-          f"'RSS before' is its peak just before the call (interpreter + imports + inputs).\n\n"
+          f"time: wall time from input files to output files{', median of ' + str(args.repeat) + ' runs' if args.repeat > 1 else ''}. "
+          f"RSS at start: the method's process just before the call (interpreter, libraries, and on the synthetic set "
+          f"orch's lookup-table encoder, ~170 MiB, in place of the model); peak RSS: its peak during the first call "
+          f"(VmHWM reset at the start); added: peak minus start, the mining's own memory.\n\n"
           + ("Same negatives?\n\n" + "\n".join(notes) + "\n\n" if notes else "") +
           f"## Method\n\n{doc}")
     out = Path(args.out)

@@ -420,15 +420,19 @@ class DenseRetriever:
 
     def index(self, doc_ids: Sequence[str], texts: Sequence[str]) -> "DenseRetriever":
         ids = _check_index_input(doc_ids, texts)
-        return self.index_embeddings(ids, self.embed_passages(texts))
+        return self.index_embeddings(ids, self.embed_passages(texts), copy=False)
 
-    def index_embeddings(self, doc_ids: Sequence[str], embeddings) -> "DenseRetriever":
-        """Index precomputed passage embeddings (normalised here)."""
+    def index_embeddings(self, doc_ids: Sequence[str], embeddings, *, copy: bool = True) -> "DenseRetriever":
+        """Index precomputed passage embeddings (normalised here).
+
+        ``copy=False`` lets the retriever normalise and keep ``embeddings`` itself when it is a
+        C-contiguous float32 array (no second corpus-sized copy); the caller must not use it after."""
         import faiss
         import numpy as np
 
         ids = _check_index_input(doc_ids)
-        emb = np.array(embeddings, dtype=np.float32, order="C", copy=True)  # normalised in place below
+        # Normalised in place below.
+        emb = np.array(embeddings, dtype=np.float32, order="C", copy=True if copy else None)
         if emb.ndim != 2 or emb.shape[0] != len(ids):
             raise ValueError(f"index_embeddings: expected ({len(ids)}, dim) embeddings, got {emb.shape}")
         faiss.normalize_L2(emb)
@@ -479,12 +483,12 @@ class DenseRetriever:
         if self.index_type == "hnsw":
             self._faiss.hnsw.efSearch = max(self.ef_search, k_eff)
         scores, idx = self._faiss.search(q, k_eff)
-        out = []
-        for row_s, row_i in zip(scores, idx):
-            hits = [(int(i), float(s)) for i, s in zip(row_i, row_s) if i >= 0]
-            hits.sort(key=lambda h: (-h[1], h[0]))  # deterministic order on ties
-            out.append([(self.doc_ids[i], s) for i, s in hits])
-        return out
+        # Best first, ties by corpus position (deterministic); -1 marks a slot FAISS could not fill.
+        order = np.lexsort((idx, -scores), axis=1)
+        scores = np.take_along_axis(scores, order, axis=1).tolist()
+        idx = np.take_along_axis(idx, order, axis=1).tolist()
+        ids = self.doc_ids
+        return [[(ids[i], s) for i, s in zip(row_i, row_s) if i >= 0] for row_s, row_i in zip(scores, idx)]
 
     def search(self, queries: Sequence[str], k: int, *, query_batch: int = 2048) -> list[Hits]:
         """Top ``k`` documents per query by cosine, best first; ``query_batch`` queries at a time.

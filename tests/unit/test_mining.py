@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from components.mining import MiningError, MiningParams, hard_negative_mining, normalize_text
+from components.mining import MiningError, MiningParams, doc_norms, hard_negative_mining, normalize_text
 from orchestrator.api import Artifact, read_jsonl
 from orchestrator.context import NodeContext
 
@@ -295,8 +295,46 @@ def test_bad_inputs(mine):
         mine(corpus=EN_CORPUS + EN_CORPUS[:1])
 
 
+def test_the_cyclic_gc_is_paused_while_mining_and_restored_after(mine, monkeypatch):
+    import gc
+
+    import components.mining as mining
+
+    seen = []
+    read = mining._read_corpus
+    monkeypatch.setattr(mining, "_read_corpus", lambda path: seen.append(gc.isenabled()) or read(path))
+    assert gc.isenabled()
+    mine()
+    assert seen == [False] and gc.isenabled()
+    with pytest.raises(MiningError):
+        mine(corpus=[])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        mine()
+        assert not gc.isenabled()  # left as the caller had it
+    finally:
+        gc.enable()
+
+
 def test_normalize_text():
     assert normalize_text(" Ａpple  Pie\n") == normalize_text("apple pie") == "applepie"
+    assert normalize_text("a\u00a0b\u3000c\u2028d\te") == "abcde"  # every Unicode space goes
+
+
+@pytest.mark.parametrize("title,text", [
+    ("Straße", "ǅ ﬁ ①"),  # casefold ß -> ss, NFKC of ligatures and circled digits
+    ("e", "\u0301 accent first"),  # a combining mark right after the newline: NFKC must not compose it
+    ("ko\u0301", "\u0327x"),  # marks on both sides of the boundary
+    ("  ", "only text"), ("only title", " \n "), ("", ""),
+    ("北京 大学", "ｈａｌｆ　ｗｉｄｔｈ ＡＢＣ"),  # fullwidth forms and the ideographic space
+    ("\u1100", "\u1161"),  # Hangul jamo that compose when adjacent
+])
+def test_doc_norms_match_normalising_the_passage_text(title, text):
+    from components.retrieval import passage_text
+
+    doc = {"title": title, "text": text}
+    assert doc_norms(doc) == (normalize_text(text), normalize_text(passage_text(doc)))
 
 
 def test_positive_outside_the_hits_is_scored(mine):
