@@ -10,7 +10,7 @@ call, so the memory figures are the call's alone. Time is the wall time from the
 disk to the output files on disk, with the libraries imported beforehand (model loading included
 unless noted): orch's component call; for sentence-transformers, reading the same JSONL files
 into lists, ``mine_hard_negatives`` and writing its n-tuples. With ``--repeat N`` each method runs
-N times in its process and the median time is reported (memory is the first run's).
+in N fresh processes and the medians of time, peak and added memory are reported.
 
 - CMRC2018 sample: ``data_prep`` on recipes/data/cmrc2018_sample.json (split by passage, as in
   recipes/rag_full.yaml); the train pairs against the full corpus. Dense methods use the real
@@ -32,6 +32,11 @@ that survive them), orch's rank window counts the retriever's ranks before the f
 candidate is filtered (synthetic) the two give identical negatives; on the CMRC sample, where
 MiniLM (an English model) ranks many Chinese positives low and the 95% filter drops many
 candidates, they differ.
+
+Encoding batch: each tool's default (orch 16 on a CPU, sentence-transformers 32), and on the CMRC
+sample sentence-transformers once more at orch's 16, so the model's own cost compares like for
+like. The transformer's forward pass dominates the CMRC dense rows; its activations grow with the
+batch, and a CPU encodes no faster at 64 than at 16.
 """
 
 from __future__ import annotations
@@ -295,7 +300,8 @@ def seed_st_cache(folder: Path) -> None:
     np.save(cache / cname, vectors[[row[t] for t in dict.fromkeys(corpus_texts + positives)]])
 
 
-def run_st(folder: Path, synthetic: bool) -> dict:
+def run_st(folder: Path, synthetic: bool, batch_size: int | None = None) -> dict:
+    """``batch_size`` None: mine_hard_negatives' own default (32)."""
     from datasets import Dataset
     from sentence_transformers.util import mine_hard_negatives
 
@@ -315,14 +321,16 @@ def run_st(folder: Path, synthetic: bool) -> dict:
         raise RuntimeError(f"{cache} lacks the embeddings: run the 'seed sentence-transformers cache' child first")
     ds = Dataset.from_dict({"query": queries, "positive": positives})
     out = mine_hard_negatives(ds, model, corpus=corpus_texts, range_min=2, range_max=30, relative_margin=0.05,
-                              num_negatives=3, sampling_strategy="top", output_format="n-tuple", batch_size=64,
-                              use_faiss=True, verbose=False, cache_folder=str(cache) if cache else None)
+                              num_negatives=3, sampling_strategy="top", output_format="n-tuple",
+                              use_faiss=True, verbose=False, cache_folder=str(cache) if cache else None,
+                              **({"batch_size": batch_size} if batch_size else {}))
     out.to_json(str(folder / "runs_st.jsonl"), force_ascii=False)
     elapsed = time.time() - t0
     neg_cols = [c for c in out.column_names if c.startswith("negative")]
     return {"time_s": elapsed, "rss_before_mib": rss0, "negatives": len(out) * len(neg_cols),
             "queries": len(set(queries)), "without": len(set(queries)) - len(set(out["query"])),
             "detail": f"read {t_call - t_read:.1f}s, mine + write {time.time() - t_call:.1f}s; n-tuple output"
+                      + (f", batch {batch_size}" if batch_size else "")
                       + (", embeddings from cache" if synthetic else "")}
 
 
@@ -334,11 +342,13 @@ def run_encode_sample(folder: Path, n: int) -> dict:
     model = load_model("minilm")
     rss0 = start_peak()
     t0 = time.time()
-    encode(model, texts, batch_size=64)
+    encode(model, texts)  # orch's default batch for the device
     elapsed = time.time() - t0
     return {"time_s": elapsed, "rss_before_mib": rss0, "negatives": None, "queries": None, "without": None,
             "detail": f"{n / elapsed:.1f} passages/s -> 100k passages ~{100000 / (n / elapsed) / 60:.0f} min"}
 
+
+ST_BATCH16 = "sentence-transformers mine_hard_negatives (dense, faiss, batch 16)"
 
 METHODS = {
     "orch bm25 (jieba)": lambda f, s: run_orch(f, s, retriever="bm25"),
@@ -346,27 +356,38 @@ METHODS = {
     "orch dense (flat)": lambda f, s: run_orch(f, s, retriever="dense"),
     "orch random (baseline)": lambda f, s: run_orch(f, s, mode="random"),
     "sentence-transformers mine_hard_negatives (dense, faiss)": run_st,
+    # orch's CPU encoding batch (16) given to sentence-transformers: the model's own cost, like for like.
+    ST_BATCH16: lambda f, s: run_st(f, s, batch_size=16),
 }
 
 
 SEED = "seed sentence-transformers cache"
 
 
-def child(method: str, folder: Path, synthetic: bool, encode_n: int, repeat: int = 1) -> None:
+def child(method: str, folder: Path, synthetic: bool, encode_n: int) -> None:
     if method == SEED:
         seed_st_cache(folder)
         print("RESULT " + json.dumps({"seeded": True}), flush=True)
         return
-    runs, peak = [], None
-    for _ in range(max(1, repeat)):
-        runs.append(run_encode_sample(folder, encode_n) if method == "encode sample" else METHODS[method](folder, synthetic))
-        peak = peak or rss_mib()  # memory is the first run's: later runs start with the first's leftovers
-    result = dict(sorted(runs, key=lambda r: r["time_s"])[len(runs) // 2])  # the median run
-    result["rss_before_mib"] = runs[0]["rss_before_mib"]
-    if len(runs) > 1:
-        result["detail"] += "; runs " + ", ".join(f"{r['time_s']:.2f}" for r in runs) + " s"
-    result["peak_rss_mib"] = peak
+    result = run_encode_sample(folder, encode_n) if method == "encode sample" else METHODS[method](folder, synthetic)
+    result["peak_rss_mib"] = rss_mib()
     print("RESULT " + json.dumps(result), flush=True)
+
+
+def median_run(runs: list[dict]) -> dict:
+    """One row from ``runs`` (fresh processes of one method): the median time, median peak and median
+    start RSS (each taken on its own), the other fields from the median-time run, the spread in the notes."""
+    def med(key: str) -> float:
+        return sorted(r[key] for r in runs)[len(runs) // 2]
+
+    out = dict(sorted(runs, key=lambda r: r["time_s"])[len(runs) // 2])
+    if len(runs) > 1:
+        out.update(time_s=med("time_s"), peak_rss_mib=med("peak_rss_mib"), rss_before_mib=med("rss_before_mib"))
+        added = sorted(r["peak_rss_mib"] - r["rss_before_mib"] for r in runs)
+        out["added_mib"] = added[len(added) // 2]
+        out["detail"] += ("; runs " + ", ".join(f"{r['time_s']:.2f}" for r in runs) + " s, added "
+                          + ", ".join(f"{r['peak_rss_mib'] - r['rss_before_mib']:.0f}" for r in runs) + " MiB")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -374,9 +395,8 @@ def child(method: str, folder: Path, synthetic: bool, encode_n: int, repeat: int
 # ---------------------------------------------------------------------------------------------
 
 
-def spawn(method: str, folder: Path, synthetic: bool, timeout: int, encode_n: int, repeat: int = 1) -> dict:
-    cmd = [sys.executable, __file__, "--child", method, "--dataset", str(folder), "--encode-n", str(encode_n),
-           "--repeat", str(repeat)]
+def spawn(method: str, folder: Path, synthetic: bool, timeout: int, encode_n: int) -> dict:
+    cmd = [sys.executable, __file__, "--child", method, "--dataset", str(folder), "--encode-n", str(encode_n)]
     if synthetic:
         cmd.append("--synthetic")
     t0 = time.time()
@@ -421,13 +441,14 @@ def main() -> None:
     ap.add_argument("--encode-n", type=int, default=300)
     ap.add_argument("--out", default=str(REPO / "benchmarks" / "results" / "mining.md"))
     ap.add_argument("--only", default="", help="comma-separated method name substrings")
-    ap.add_argument("--repeat", type=int, default=1, help="runs of each method (median time reported)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="fresh processes per method: median time and memory reported, the spread in the notes")
     ap.add_argument("--child")
     ap.add_argument("--dataset")
     ap.add_argument("--synthetic", action="store_true")
     args = ap.parse_args()
     if args.child:
-        child(args.child, Path(args.dataset), args.synthetic, args.encode_n, args.repeat)
+        child(args.child, Path(args.dataset), args.synthetic, args.encode_n)
         return
 
     work = Path(args.work)
@@ -448,12 +469,16 @@ def main() -> None:
         for method in methods:
             if only and not any(s in method for s in only):
                 continue
+            if synthetic and method == ST_BATCH16:  # embeddings come from the cache: no model, no batch
+                continue
             print(f"{ds_name}: {method} ...", flush=True)
             if synthetic and method.startswith("sentence-transformers"):
                 seeded = spawn(SEED, folder, synthetic, args.timeout, args.encode_n)
                 if "error" in seeded:
                     raise SystemExit(f"seeding sentence-transformers' cache failed: {seeded['error']}")
-            r = spawn(method, folder, synthetic, args.timeout, args.encode_n, args.repeat)
+            runs = [spawn(method, folder, synthetic, args.timeout, args.encode_n) for _ in range(max(1, args.repeat))]
+            failed = [r for r in runs if "error" in r]
+            r = failed[0] if failed else median_run(runs)
             r.update(dataset=ds_name, method=method if method != "encode sample" else
                      f"MiniLM encoding, {args.encode_n} passages (real model)", corpus=corpus_n)
             print("   ", json.dumps(r), flush=True)
@@ -469,7 +494,7 @@ def main() -> None:
         if "error" in r:
             lines.append(f"| {r['dataset']} | {r['method']} | {r['corpus']} | - | - | - | - | - | - | - | error: {r['error']} |")
             continue
-        added = r["peak_rss_mib"] - r["rss_before_mib"] if r.get("rss_before_mib") is not None else None
+        added = r.get("added_mib", r["peak_rss_mib"] - r["rss_before_mib"] if r.get("rss_before_mib") is not None else None)
         lines.append(f"| {r['dataset']} | {r['method']} | {r['corpus']} | {fmt(r['queries'], '{}')} | {fmt(r['time_s'])} | "
                      f"{fmt(r['rss_before_mib'], '{:.0f}')} | {fmt(r['peak_rss_mib'], '{:.0f}')} | {fmt(added, '{:.0f}')} | "
                      f"{fmt(r['negatives'], '{}')} | {fmt(r['without'], '{}')} | {r.get('detail', '')} |")
@@ -484,10 +509,13 @@ def main() -> None:
           f"{os.cpu_count()} CPU cores, Python {platform.python_version()}; load average at start "
           f"{load_start[0]:.1f}, at end {load_end[0]:.1f} (the machine was shared: timings are indicative).\n\n"
           f"{table}\n\n"
-          f"time: wall time from input files to output files{', median of ' + str(args.repeat) + ' runs' if args.repeat > 1 else ''}. "
-          f"RSS at start: the method's process just before the call (interpreter, libraries, and on the synthetic set "
-          f"orch's lookup-table encoder, ~170 MiB, in place of the model); peak RSS: its peak during the first call "
-          f"(VmHWM reset at the start); added: peak minus start, the mining's own memory.\n\n"
+          f"time: wall time from input files to output files. RSS at start: the method's process just before the "
+          f"call (interpreter, libraries, and on the synthetic set orch's lookup-table encoder, ~170 MiB, in place "
+          f"of the model); peak RSS: its peak during the call (VmHWM reset at the start); added: peak minus start, "
+          f"the mining's own memory."
+          + (f" Each figure is the median of {args.repeat} fresh processes (each method's runs and added memory "
+             f"are listed in its notes): the transformer's forward pass dominates the dense rows' memory, and "
+             f"its peak varies by ~100 MiB from one process to the next." if args.repeat > 1 else "") + "\n\n"
           + ("Same negatives?\n\n" + "\n".join(notes) + "\n\n" if notes else "") +
           f"## Method\n\n{doc}")
     out = Path(args.out)

@@ -69,7 +69,7 @@ class EvaluateParams(_Strict):
     tsne_max_passages: int = Field(40, ge=5, le=2000, description="Passages (with their queries) in the t-SNE plot.")
     generation: GenerationParams | None = Field(None, description="Answer test queries from retrieved passages with "
                                                                   "the generators (needs `generators`).")
-    batch_size: int = Field(64, ge=1, description="Encoding batch size.")
+    batch_size: int | None = Field(None, ge=1, description="Encoding batch size; default 16 on CPU, 64 on a GPU.")
 
     @field_validator("ks")
     @classmethod

@@ -81,9 +81,12 @@ class Reranker:
         cfg = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
         return cls(CrossEncoder(str(folder), device=device), cfg.get("passage_window"), load_fusion_weight(folder))
 
-    def scores(self, query: str, docs: Sequence[str], batch_size: int = 64) -> list[float]:
+    def scores(self, query: str, docs: Sequence[str], batch_size: int | None = None) -> list[float]:
         if not docs:
             return []
+        from components.retrieval import batch_size_for
+
         texts = windowed(query, docs, self.passage_window)
-        out = self.model.predict([(query, d) for d in texts], batch_size=batch_size, show_progress_bar=False)
+        out = self.model.predict([(query, d) for d in texts], batch_size=batch_size_for(self.model, batch_size),
+                                 show_progress_bar=False)
         return [float(x) for x in out]

@@ -166,12 +166,31 @@ def load_model(ref: str, recipe_dir: str | Path | None = None, *, device: str | 
     return SentenceTransformer(path, device=device)
 
 
-def encode(model, texts: Sequence[str], *, batch_size: int = 64, prompt: str | None = None,
+# Encoding batch on a CPU: measured with MiniLM on the CMRC2018 passages (seq <= 256), batch 16
+# encodes as fast as 64 (3.9-4.0 s vs 4.1-4.4 s for 150 passages; short queries 0.57 s vs 0.63 s)
+# with a third of the extra memory (+179 MiB vs +486-541 MiB): a CPU gains nothing from wider
+# batches, while the attention activations grow with them. On a GPU wider batches pay.
+CPU_BATCH_SIZE = 16
+ACCELERATOR_BATCH_SIZE = 64
+
+
+def batch_size_for(model, batch_size: int | None) -> int:
+    """``batch_size``, or when None the default for the device ``model`` runs on (CPU: 16, GPU: 64)."""
+    if batch_size is not None:
+        return batch_size
+    device = str(getattr(model, "device", "cpu"))
+    return CPU_BATCH_SIZE if device.startswith("cpu") else ACCELERATOR_BATCH_SIZE
+
+
+def encode(model, texts: Sequence[str], *, batch_size: int | None = None, prompt: str | None = None,
            normalize: bool = True):
-    """Embeddings of ``texts`` as a float32 array (n, dim), L2-normalised unless ``normalize=False``."""
+    """Embeddings of ``texts`` as a float32 array (n, dim), L2-normalised unless ``normalize=False``.
+
+    ``batch_size`` None: the model's device's default (batch_size_for)."""
     import numpy as np
 
     texts = list(texts)
+    batch_size = batch_size_for(model, batch_size)
     if not texts:
         getter = getattr(model, "get_embedding_dimension", None) or getattr(model, "get_sentence_embedding_dimension")
         return np.zeros((0, getter() or 0), dtype=np.float32)
@@ -186,7 +205,7 @@ def encode(model, texts: Sequence[str], *, batch_size: int = 64, prompt: str | N
 class _EncodeActor:
     """Ray Data actor: loads the model once, then embeds batches of ``{"text": [...]}``."""
 
-    def __init__(self, model_ref: str, recipe_dir: str | None, batch_size: int, prompt: str | None,
+    def __init__(self, model_ref: str, recipe_dir: str | None, batch_size: int | None, prompt: str | None,
                  normalize: bool):
         self.model = load_model(model_ref, recipe_dir)
         self.batch_size, self.prompt, self.normalize = batch_size, prompt, normalize
@@ -197,7 +216,7 @@ class _EncodeActor:
         return {"i": batch["i"], "embedding": emb}
 
 
-def encode_distributed(model_ref: str, texts: Sequence[str], *, num_workers: int = 1, batch_size: int = 64,
+def encode_distributed(model_ref: str, texts: Sequence[str], *, num_workers: int = 1, batch_size: int | None = None,
                        prompt: str | None = None, normalize: bool = True, recipe_dir: str | Path | None = None,
                        num_cpus_per_worker: float = 1, num_gpus_per_worker: float = 0, model=None):
     """Embed ``texts`` with ``num_workers`` Ray Data actors (one model each), in the input order.
@@ -223,13 +242,15 @@ def encode_distributed(model_ref: str, texts: Sequence[str], *, num_workers: int
     import ray.data
 
     texts = list(texts)
+    # Texts per Ray Data batch: a few of the model's batches (the actors pick that per device).
+    block = ACCELERATOR_BATCH_SIZE if batch_size is None else batch_size
     ds = ray.data.from_items([{"i": i, "text": t} for i, t in enumerate(texts)],
-                             override_num_blocks=max(num_workers, min(len(texts) // max(batch_size, 1), num_workers * 4)))
+                             override_num_blocks=max(num_workers, min(len(texts) // max(block, 1), num_workers * 4)))
     ds = ds.map_batches(
         _EncodeActor,
         fn_constructor_kwargs=dict(model_ref=model_ref, recipe_dir=str(recipe_dir) if recipe_dir else None,
                                    batch_size=batch_size, prompt=prompt, normalize=normalize),
-        batch_size=max(batch_size * 4, 1), batch_format="numpy",
+        batch_size=max(block * 4, 1), batch_format="numpy",
         compute=ray.data.ActorPoolStrategy(size=num_workers),
         num_cpus=num_cpus_per_worker, num_gpus=num_gpus_per_worker)
     out: np.ndarray | None = None
@@ -394,7 +415,7 @@ class DenseRetriever:
     """
 
     def __init__(self, model, *, query_prompt: str | None = None, passage_prompt: str | None = None,
-                 index: str = "flat", batch_size: int = 64, nprobe: int = 16, nlist: int | None = None,
+                 index: str = "flat", batch_size: int | None = None, nprobe: int = 16, nlist: int | None = None,
                  hnsw_m: int = 32, ef_search: int = 128, recipe_dir: str | Path | None = None):
         if index not in ("flat", "ivf", "hnsw"):
             raise ValueError(f"index must be flat, ivf or hnsw, got {index!r}")

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from components.retrieval import (BM25Retriever, DenseRetriever, HybridRetriever, detect_language, encode,
+from components.retrieval import (BM25Retriever, DenseRetriever, HybridRetriever, batch_size_for, detect_language, encode,
                                   encode_distributed, load_beir, load_model, make_retriever, passage_text,
                                   simple_stem, tokenize)
 
@@ -214,6 +214,17 @@ def test_load_beir(tmp_path):
     assert queries == {"q1": "问题"} and qrels == {"q1": {"d1": 1, "d2": 2}} and answers == {"q1": ["甲", "乙"]}
     (tmp_path / "answers.jsonl").unlink()
     assert load_beir(tmp_path)[3] == {}
+
+
+def test_encoding_batch_defaults_to_the_device_and_does_not_change_embeddings(minilm):
+    class OnGpu:
+        device = "cuda:0"
+
+    assert batch_size_for(minilm, None) == 16  # a CPU: as fast as 64, a third of the memory
+    assert batch_size_for(OnGpu(), None) == 64
+    assert batch_size_for(minilm, 5) == batch_size_for(OnGpu(), 5) == 5  # asked for: kept
+    texts = [f"sentence {i} " + "word " * (i % 7) for i in range(40)]  # different lengths: padding differs
+    assert np.allclose(encode(minilm, texts), encode(minilm, texts, batch_size=64), atol=1e-5)
 
 
 def test_encode_distributed_without_ray_is_local(minilm):
