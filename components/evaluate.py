@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,7 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator.api import Artifact, Input, ModelRef, RunContext, component, read_jsonl, write_jsonl
 
-from .data_prep.params import DEFAULT_SFT_INPUT_TEMPLATE, DEFAULT_SFT_INSTRUCTION
+from .rag_prompt import RagPrompt
+
 
 SEED_TARGETS = {"recall@5": 0.7, "recall@10": 0.85}  # the seeds' RAG targets
 
@@ -39,11 +41,15 @@ class GenerationParams(_Strict):
     max_new_tokens: int = Field(48, ge=1, le=2048, description="Longest generated answer.")
     max_length: int = Field(768, ge=32, description="Prompt + answer token budget (long passages are cut in the "
                                                     "middle).")
-    instruction: str = Field(DEFAULT_SFT_INSTRUCTION, description="Instruction of the RAG prompt (the same as "
-                                                                   "data_prep's sft_instruction, so a tuned adapter "
-                                                                   "sees the format it was trained on).")
-    input_template: str = Field(DEFAULT_SFT_INPUT_TEMPLATE, description="Prompt input with {passage}, {query} and "
-                                                                          "optional {title}.")
+    instruction: str | None = Field(None, description="Instruction of the RAG prompt. Default: the one the adapter "
+                                                      "was trained with (its rag_prompt.json, written by data_prep), "
+                                                      "else data_prep's default.")
+    input_template: str | None = Field(None, description="Prompt input with {passage}, {query} and optional {title}. "
+                                                         "Default: as the adapter was trained, else data_prep's.")
+    passage_window: int | None = Field(None, ge=0, description="Characters of each retrieved passage in the prompt "
+                                                               "(the window sharing the most words with the query); "
+                                                               "0: the whole passage. Default: as the adapter was "
+                                                               "trained (data_prep's sft_passage_window).")
     base_model: ModelRef | None = Field(None, description="The base generator to compare with; default: the base "
                                                           "model named by the first adapter.")
 
@@ -332,13 +338,11 @@ def evaluate_generation(gp: GenerationParams, adapters: list[Artifact], test: Ar
     if not chosen:
         ctx.log("generation skipped: the test set has no reference answers")
         return {"rows": [], "samples": [], "skipped": "no reference answers"}
-    prompts_msgs = []
-    for i, q in chosen:
-        docs = [corpus_rows[d] for d, _ in hits[i][: gp.passages]]
-        passage = "\n\n".join(d["text"] for d in docs)
-        title = docs[0].get("title", "") if docs else ""
-        user = gp.instruction + "\n" + gp.input_template.format(query=queries[q], passage=passage, title=title)
-        prompts_msgs.append([{"role": "user", "content": user}])
+
+    def messages(prompt: RagPrompt) -> list[list[dict[str, str]]]:
+        return [[{"role": "user", "content": prompt.user_message(
+            queries[q], [corpus_rows[d] for d, _ in hits[i][: gp.passages]])}] for i, q in chosen]
+
     meta_file = adapters[0].path / "orch_base_model.json"
     first_meta = json.loads(meta_file.read_text()) if meta_file.exists() else {}
     base_ref = gp.base_model or first_meta.get("base_model") or first_meta.get("base_model_path")
@@ -350,8 +354,9 @@ def evaluate_generation(gp: GenerationParams, adapters: list[Artifact], test: Ar
         max_new_tokens = gp.max_new_tokens
         generation_batch_size = 4
 
-    def run(model, tokenizer) -> list[str]:
-        prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True) for m in prompts_msgs]
+    def run(model, tokenizer, prompt: RagPrompt) -> list[str]:
+        prompts = [tokenizer.apply_chat_template(m, tokenize=False, add_generation_prompt=True)
+                   for m in messages(prompt)]
         return generate(model, tokenizer, prompts, _G)
 
     torch.manual_seed(ctx.seed)
@@ -361,7 +366,8 @@ def evaluate_generation(gp: GenerationParams, adapters: list[Artifact], test: Ar
     model.eval()
     outputs: dict[str, list[str]] = {}
     t0 = time.perf_counter()
-    outputs[f"{base_ref} (base)"] = run(model, tokenizer)
+    base_prompt = rag_prompt_for(gp, adapters[0].path)  # the base answers the first adapter's prompts: the same inputs
+    outputs[f"{base_ref} (base)"] = run(model, tokenizer, base_prompt)
     gen_ms = {f"{base_ref} (base)": 1000 * (time.perf_counter() - t0) / len(chosen)}
     from peft import PeftModel
 
@@ -370,7 +376,7 @@ def evaluate_generation(gp: GenerationParams, adapters: list[Artifact], test: Ar
         tuned = PeftModel.from_pretrained(model, str(art.path))
         tuned.eval()
         t0 = time.perf_counter()
-        outputs[name] = run(tuned, tokenizer)
+        outputs[name] = run(tuned, tokenizer, rag_prompt_for(gp, art.path))
         gen_ms[name] = 1000 * (time.perf_counter() - t0) / len(chosen)
         model = tuned.unload()  # back to the plain base for the next adapter
     rows = []
@@ -386,4 +392,12 @@ def evaluate_generation(gp: GenerationParams, adapters: list[Artifact], test: Ar
         samples.append({"query": queries[q], "reference": answers[q][0], "retrieved": [d for d, _ in hits[i][: gp.passages]],
                         **{name: preds[j] for name, preds in outputs.items()}})
     write_jsonl(out_dir / "answers.jsonl", samples)
-    return {"retriever": retriever_name, "rows": rows, "samples": samples[:10]}
+    return {"retriever": retriever_name, "rows": rows, "samples": samples[:10], "prompt": asdict(base_prompt)}
+
+
+def rag_prompt_for(gp: GenerationParams, adapter: Path) -> RagPrompt:
+    """The adapter's saved RAG prompt (else the defaults), with what ``gp`` sets on top."""
+    saved = RagPrompt.load(adapter) or RagPrompt()
+    window = saved.passage_window if gp.passage_window is None else (gp.passage_window or None)
+    return RagPrompt(gp.instruction if gp.instruction is not None else saved.instruction,
+                     gp.input_template if gp.input_template is not None else saved.input_template, window)

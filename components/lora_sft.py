@@ -20,7 +20,9 @@ What it does, in order:
    enabled (after) and writes ``samples.jsonl`` into the adapter folder; with references it scores
    exact match and token F1 (classification: accuracy and macro-F1);
 4. writes the adapter (``PeftModel.from_pretrained`` loads it), the tokenizer, ``orch_base_model.json``
-   naming the base model, and with ``export_merged`` the merged model in ``adapter/merged/``.
+   naming the base model, ``rag_prompt.json`` when the train data came with one (data_prep's RAG
+   prompt format, which evaluate and serving reuse), and with ``export_merged`` the merged model in
+   ``adapter/merged/``.
 
 Only pydantic and the standard library are imported at module level (``orch validate`` imports it).
 """
@@ -397,6 +399,11 @@ def lora_sft(params: LoraSftParams, inputs: dict[str, Artifact], ctx: RunContext
         }
         (out / "orch_base_model.json").write_text(json.dumps(base_info, indent=2, ensure_ascii=False) + "\n",
                                                   encoding="utf-8")
+        from .rag_prompt import RagPrompt
+
+        prompt = RagPrompt.load(inputs["train"].path)  # data_prep's RAG format: evaluate / serving reuse it
+        if prompt is not None:
+            prompt.save(out)
         samples = data.dev[: params.eval_samples]
         if samples:
             t1 = time.time()

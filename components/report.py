@@ -58,7 +58,7 @@ def to_markdown(report: dict[str, Any], title: str) -> str:
     gen = report.get("generation")
     if gen and gen.get("rows"):
         out += ["## Answers (retrieve, then generate)", "",
-                f"Passages retrieved by {gen['retriever']}.", "",
+                f"Passages retrieved by {gen['retriever']}; {_prompt_note(gen.get('prompt'))}.", "",
                 _md_table(["generator", "exact match", "token F1", "queries", "ms / answer"],
                           [[g["generator"], f"{g['em']:.3f}", f"{g['f1']:.3f}", str(g["queries"]),
                             f"{g['ms_per_answer']:.0f}"] for g in gen["rows"]]), "", "### Sample answers", ""]
@@ -103,7 +103,8 @@ def to_html(report: dict[str, Any], title: str, folder: Path) -> str:
     gen = report.get("generation")
     if gen and gen.get("rows"):
         names = [g["generator"] for g in gen["rows"]]
-        md_sections.append("<h2>Answers</h2>" + table(
+        md_sections.append(f"<h2>Answers</h2><p>Passages retrieved by {html.escape(gen.get('retriever', ''))}; "
+                           f"{html.escape(_prompt_note(gen.get('prompt')))}.</p>" + table(
             ["generator", "exact match", "token F1", "queries"],
             [[g["generator"], f"{g['em']:.3f}", f"{g['f1']:.3f}", g["queries"]] for g in gen["rows"]]))
         md_sections.append(table(["query", "reference"] + names,
@@ -149,3 +150,10 @@ def write_report(folder: Path, report: dict[str, Any], title: str) -> None:
     (folder / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
     (folder / "report.md").write_text(to_markdown(report, title), encoding="utf-8")
     (folder / "report.html").write_text(to_html(report, title, folder), encoding="utf-8")
+
+
+def _prompt_note(prompt: dict | None) -> str:
+    """How the retrieved passages entered the generator's prompt."""
+    window = (prompt or {}).get("passage_window")
+    return (f"each passage cut to the {window} characters matching the question, as in training" if window
+            else "whole passages in the prompt")

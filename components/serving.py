@@ -134,11 +134,19 @@ class RagPipeline:
         return [(i, scores[i], docs[i]) for i in order[: top_k or len(docs)]]
 
     # -- generation ----------------------------------------------------------------------------
+    def answer_message(self, query: str, hits: list[Hit]) -> str:
+        """The user turn the generator gets: the adapter's saved RAG prompt (rag_prompt.json: instruction,
+        template, passage window) filled with ``hits``; the defaults for an adapter without one."""
+        from .rag_prompt import RagPrompt
+
+        prompt = (RagPrompt.load(self.adapter) if self.adapter else None) or RagPrompt()
+        return prompt.user_message(query, [{"title": h.title, "text": h.text} for h in hits])
+
     def answer(self, query: str, hits: list[Hit] | None = None, *, passages: int = 1, max_new_tokens: int = 64) -> str:
-        """Answer from the top passages with the run's LoRA-tuned generator (the format it was trained on)."""
+        """Answer from the top passages with the run's LoRA-tuned generator, in the prompt it was trained
+        on (the adapter's rag_prompt.json: instruction, template, passage window; else the defaults)."""
         import json
 
-        from .data_prep.params import DEFAULT_SFT_INPUT_TEMPLATE, DEFAULT_SFT_INSTRUCTION
         from .lora_sft import generate, prepare_tokenizer
 
         if self.adapter is None:
@@ -160,8 +168,7 @@ class RagPipeline:
         model, tok = self._generator
         hits = hits if hits is not None else self.search(query, k=passages)
         docs = hits[:passages]
-        user = DEFAULT_SFT_INSTRUCTION + "\n" + DEFAULT_SFT_INPUT_TEMPLATE.format(
-            query=query, passage="\n\n".join(h.text for h in docs), title=docs[0].title if docs else "")
+        user = self.answer_message(query, docs)
         prompt = tok.apply_chat_template([{"role": "user", "content": user}], tokenize=False, add_generation_prompt=True)
 
         class _G:

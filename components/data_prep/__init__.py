@@ -21,6 +21,7 @@ from typing import Any, Iterable
 
 from orchestrator.api import Artifact, RunContext, component, write_jsonl
 
+from ..rag_prompt import RagPrompt
 from .clean import Cleaner, Dropped
 from .loaders import BadRows, DataPrepError, FieldMap, Row, RowProblem, open_source
 from .params import (CLS_FIELDS, CLS_REQUIRED, RETRIEVAL_FIELDS, RETRIEVAL_REQUIRED, SFT_FIELDS, SFT_REQUIRED,
@@ -103,8 +104,10 @@ def data_prep(params: DataPrepParams, inputs: dict[str, Artifact], ctx: RunConte
     for name in ("dev", "test"):
         _write_beir(ctx.output_dir(name), by_split[name], corpus_file, data.has_answers)
     sft_counts = {}
+    prompt = rag_prompt_of(params)
     for name, split in (("train_sft", "train"), ("dev_sft", "dev")):
-        sft_counts[split] = write_jsonl(ctx.output_dir(name) / "sft.jsonl", _rag_sft(by_split[split], data, params))
+        sft_counts[split] = write_jsonl(ctx.output_dir(name) / "sft.jsonl", _rag_sft(by_split[split], data, prompt))
+        prompt.save(ctx.output_dir(name))  # the format, for lora_sft to carry into its adapter
 
     notes = []
     if not data.has_answers:
@@ -153,18 +156,18 @@ def _write_beir(folder: Path, queries: list[Query], corpus_file: Path, with_answ
         write_jsonl(folder / "answers.jsonl", ({"_id": q.id, "answers": q.answers} for q in queries))
 
 
-def _rag_sft(queries: list[Query], data: RetrievalSet, params: DataPrepParams) -> Iterable[dict[str, str]]:
+def rag_prompt_of(params: DataPrepParams) -> RagPrompt:
+    return RagPrompt(params.sft_instruction, params.sft_input_template, params.sft_passage_window)
+
+
+def _rag_sft(queries: list[Query], data: RetrievalSet, prompt: RagPrompt) -> Iterable[dict[str, str]]:
     for q in queries:
         if not q.answers:
             continue
         # The best-scored positive (the first one on ties) is the passage the answer comes from.
         pid = max(q.positives, key=lambda p: q.positives[p])
-        passage = data.passages[pid]
-        yield {
-            "instruction": params.sft_instruction,
-            "input": params.sft_input_template.format(query=q.text, passage=passage["text"], title=passage["title"]),
-            "output": q.answers[0],
-        }
+        yield {"instruction": prompt.instruction, "input": prompt.input(q.text, [data.passages[pid]]),
+               "output": q.answers[0]}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from orchestrator.api import LocalFile
 
+from ..rag_prompt import DEFAULT_INPUT_TEMPLATE as DEFAULT_SFT_INPUT_TEMPLATE
+from ..rag_prompt import DEFAULT_INSTRUCTION as DEFAULT_SFT_INSTRUCTION
+
 # Canonical field names per kind, and the source column names tried (in order) when a field is not
 # mapped explicitly with ``fields``. A column mapped explicitly to one field is never picked up by
 # another field's aliases.
@@ -48,8 +51,6 @@ CLS_FIELDS: dict[str, tuple[str, ...]] = {
 CLS_REQUIRED = ("text", "label")
 CLS_TEXT_FIELDS = ("text",)
 
-DEFAULT_SFT_INSTRUCTION = "请根据参考资料回答问题。答案要简洁，尽量直接摘自参考资料。"
-DEFAULT_SFT_INPUT_TEMPLATE = "参考资料：{passage}\n\n问题：{query}"
 SFT_TEMPLATE_FIELDS = ("query", "passage", "title")
 
 
@@ -200,6 +201,13 @@ class DataPrepParams(_SourceParams):
     sft_input_template: str = Field(
         DEFAULT_SFT_INPUT_TEMPLATE,
         description="Input of every RAG SFT record; placeholders {passage}, {query} (required) and {title}.")
+    sft_passage_window: int | None = Field(
+        None, ge=16,
+        description="Characters of the answer's passage in each RAG SFT record: the window sharing the most words "
+                    "with the question (chosen without the answer, so evaluate and serving choose alike), instead "
+                    "of the whole passage that the generator's max_length would cut. Saved with the records "
+                    "(rag_prompt.json) and carried by the adapter to evaluate and `orch query`. null: the whole "
+                    "passage.")
 
     @field_validator("sft_input_template")
     @classmethod

@@ -21,6 +21,7 @@ import pytest
 
 from tests.faults import run_with_a_killed_worker
 
+from components.rag_prompt import RagPrompt
 from orchestrator.api import Artifact, read_jsonl, write_jsonl
 from orchestrator.context import NodeContext
 
@@ -54,6 +55,11 @@ def tiny():
 
     path = resolve_model("tiny-qwen3")
     return path, load_tokenizer("tiny-qwen3")
+
+
+def _mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
 
 
 def _alpaca(n: int, offset: int = 0) -> list[dict]:
@@ -246,6 +252,7 @@ def test_lora_sft_tiny_qwen3_adapter_reloads_and_reproduces(tmp_path, tiny):
     train, dev = _alpaca(20), _alpaca(4, offset=20)
     params = {"model": "tiny-qwen3", "max_steps": 3, "max_length": 96, "per_device_batch_size": 4, "lr": 5e-3,
               "eval_samples": 3, "max_new_tokens": 6, "logging_steps": 1, "save_steps": 2, "export_merged": True}
+    RagPrompt(passage_window=40).save(_mkdir(tmp_path / "data" / "train"))  # as data_prep writes it
     entry, summary = _run(tmp_path, params, train, dev)
 
     # truncation is counted (compared with an independent count over the rendered conversations)
@@ -269,6 +276,7 @@ def test_lora_sft_tiny_qwen3_adapter_reloads_and_reproduces(tmp_path, tiny):
     assert (adapter / "adapter_config.json").is_file() and (adapter / "adapter_model.safetensors").is_file()
     info = json.loads((adapter / "orch_base_model.json").read_text())
     assert info["base_model"] == "tiny-qwen3" and info["auto_class"] == "AutoModelForCausalLM"
+    assert RagPrompt.load(adapter) == RagPrompt(passage_window=40)  # the data's prompt travels with the adapter
     samples = read_jsonl(adapter / "samples.jsonl")
     assert len(samples) == 3 and set(samples[0]) == {"prompt", "reference", "before", "after"}
     assert samples[0]["reference"] == dev[0]["output"]

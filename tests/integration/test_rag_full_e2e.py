@@ -62,6 +62,12 @@ def test_rag_full_ci_profile_end_to_end(orch, tmp_path):
         assert two_stage["mrr@10"] == tuned["mrr@10"] and two_stage["ndcg@10"] == tuned["ndcg@10"]
     gen = report["generation"]["rows"]
     assert len(gen) == 2 and all(0 <= g["f1"] <= 1 for g in gen)
+    # The generator was trained on, and evaluated with, the same prompt: data_prep's 96-character
+    # question-matched passage windows, carried by the adapter.
+    adapter = next((storage / "cache" / "lora_sft").iterdir()) / "outputs" / "adapter"
+    saved = json.loads((adapter / "rag_prompt.json").read_text(encoding="utf-8"))
+    assert saved["passage_window"] == 96 and report["generation"]["prompt"] == saved
+    assert "cut to the 96 characters matching the question" in (folder / "report.md").read_text(encoding="utf-8")
     assert "data:image/png;base64," in (folder / "report.html").read_text()
 
     started = time.time()
@@ -74,5 +80,16 @@ def test_rag_full_ci_profile_end_to_end(orch, tmp_path):
     code, out = orch("query", "rag_full", "《战国无双3》是由哪两个公司合作开发的？", "--no-answer", "--storage", storage)
     assert code == 0 and "rerank" in out and "encode" in out, out
     runs = sorted(p.name for p in (storage / "rag_full").iterdir() if p.is_dir())
+    # Serving answers in the adapter's prompt format too (the same window the generator was trained on).
+    from components.rag_prompt import RagPrompt
+    from components.serving import RagPipeline
+
+    rag = RagPipeline.from_run(storage / "rag_full" / runs[-1])
+    query = "《战国无双3》是由哪两个公司合作开发的？"
+    hits = rag.search(query, k=1)
+    message = rag.answer_message(query, hits)
+    assert message == RagPrompt(passage_window=96).user_message(query, [{"title": hits[0].title, "text": hits[0].text}])
+    assert len(message) < len(RagPrompt().user_message(query, [{"title": hits[0].title, "text": hits[0].text}]))
+    assert isinstance(rag.answer(query, hits, max_new_tokens=8), str) and rag.timings.generate_ms > 0
     code, out = orch("compare", runs[0], runs[-1], "--storage", storage)
     assert code == 0 and "same result" in out, out
